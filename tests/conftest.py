@@ -18,3 +18,27 @@ def _seed_everything() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> object:
+    """The bundled SmolLM2-135M-Instruct, loaded once per test session."""
+    from welfare_lens.models import load_model
+
+    return load_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tok() -> object:
+    """SmolLM2's real tokenizer (with its chat template), without the weights."""
+    from welfare_lens.models import smollm2_tokenizer
+
+    return smollm2_tokenizer()
+
+
+@pytest.fixture(scope="session", params=["tiny-llama", "tiny-qwen3", "tiny-gemma3"])
+def tiny_model(request: pytest.FixtureRequest) -> object:
+    """Each tiny random model family (2-4 layers, d_model 64), loaded once per session."""
+    from welfare_lens.models import load_model
+
+    return load_model(request.param)

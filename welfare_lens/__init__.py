@@ -5,8 +5,28 @@ models recruits a functional welfare axis": an emoji maze, a compact GRPO loop, 
 welfare vectors, geometric analyses and steering evaluations.
 """
 
+from welfare_lens import chat, hooks
+from welfare_lens.chat import RenderedChat, action_token_ids, render_chat
 from welfare_lens.errors import WelfareLensError
+from welfare_lens.hooks import add_vector_hook, capture_hook, capture_hooks, hook_name
+from welfare_lens.models import ModelInfo, known_models, load_model, model_info
 
 __version__ = "0.1.0"
 
-__all__ = ["WelfareLensError", "__version__"]
+__all__ = [
+    "ModelInfo",
+    "RenderedChat",
+    "WelfareLensError",
+    "__version__",
+    "action_token_ids",
+    "add_vector_hook",
+    "capture_hook",
+    "capture_hooks",
+    "chat",
+    "hook_name",
+    "hooks",
+    "known_models",
+    "load_model",
+    "model_info",
+    "render_chat",
+]

@@ -1,0 +1,51 @@
+"""Compact GRPO trainer: losses, advantages and schedules (Dr. GRPO, dual-clip PPO, REINFORCE, SFT)."""
+
+from welfare_lens.rl.losses import (
+    AGGREGATION_MODES,
+    LOSS_TYPES,
+    AggregationMode,
+    LossConfig,
+    LossType,
+    PolicyLossStats,
+    aggregate,
+    equalized_entropy,
+    frac_zero_std,
+    group_advantages,
+    k3_kl,
+    policy_loss,
+    reinforce_advantages,
+    restricted_logprobs,
+    returns_to_go,
+    sft_loss,
+    token_logprobs,
+)
+from welfare_lens.rl.schedule import (
+    cosine_lr_scheduler,
+    cosine_multiplier,
+    entropy_coefficient,
+    learning_rate,
+)
+
+__all__ = [
+    "AGGREGATION_MODES",
+    "LOSS_TYPES",
+    "AggregationMode",
+    "LossConfig",
+    "LossType",
+    "PolicyLossStats",
+    "aggregate",
+    "cosine_lr_scheduler",
+    "cosine_multiplier",
+    "entropy_coefficient",
+    "equalized_entropy",
+    "frac_zero_std",
+    "group_advantages",
+    "k3_kl",
+    "learning_rate",
+    "policy_loss",
+    "reinforce_advantages",
+    "restricted_logprobs",
+    "returns_to_go",
+    "sft_loss",
+    "token_logprobs",
+]
