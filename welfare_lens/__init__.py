@@ -5,7 +5,7 @@ models recruits a functional welfare axis": an emoji maze, a compact GRPO loop, 
 welfare vectors, geometric analyses and steering evaluations.
 """
 
-from welfare_lens import chat, hooks
+from welfare_lens import chat, hooks, maze
 from welfare_lens.chat import RenderedChat, action_token_ids, render_chat
 from welfare_lens.errors import WelfareLensError
 from welfare_lens.hooks import add_vector_hook, capture_hook, capture_hooks, hook_name
@@ -27,6 +27,7 @@ __all__ = [
     "hooks",
     "known_models",
     "load_model",
+    "maze",
     "model_info",
     "render_chat",
 ]
