@@ -1,0 +1,202 @@
+"""capture / project: padding-safe batched reading of the residual stream at position rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import welfare_lens as wl
+from welfare_lens.capture import capture, iter_activations, project
+from welfare_lens.errors import DataError, ShapeError, TokenizationError
+
+LABELS = ("mold", "gold", "path")
+
+
+def _conversation(turns: int, last: str, salt: int) -> list[dict[str, str]]:
+    messages: list[dict[str, str]] = []
+    for turn in range(turns):
+        messages.append({"role": "user", "content": f"You see 🧾 to the north {salt}-{turn}."})
+        messages.append(
+            {"role": "assistant", "content": last if turn == turns - 1 else "NESW"[turn % 4]}
+        )
+    return messages
+
+
+def _items(n: int = 10) -> list[tuple[list[dict[str, str]], str, int]]:
+    return [
+        (_conversation(1 + i % 4, "NESW"[i % 4], i), LABELS[i % 3], 100 + i // 2) for i in range(n)
+    ]
+
+
+def _direct(model: Any, messages: list[dict[str, str]]) -> tuple[torch.Tensor, wl.RenderedChat]:
+    # One conversation alone, no padding: [pos, n_layers, d_model].
+    rendered = wl.render_chat(model.tokenizer, messages)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(rendered.input_ids[None])
+    acts = torch.stack(
+        [cache[wl.hook_name(layer)][0] for layer in range(model.cfg.n_layers)], dim=1
+    )
+    return acts, rendered
+
+
+def test_batched_capture_equals_one_by_one(tiny_model: Any) -> None:
+    items = _items(10)
+    got = list(iter_activations(tiny_model, items, batch_size=3, progress=False))
+    acts = torch.cat([a for a, _, _ in got])
+    labels = [label for _, ls, _ in got for label in ls]
+    groups = [g for _, _, gs in got for g in gs]
+    assert acts.shape == (10, tiny_model.cfg.n_layers, tiny_model.cfg.d_model)
+    expected = {}
+    for messages, label, group in items:
+        direct, rendered = _direct(tiny_model, messages)
+        assert rendered.input_ids[-1] in wl.action_token_ids(tiny_model.tokenizer).values()
+        expected[(label, group, len(rendered))] = direct[-1]
+    # Batches are sorted by length; match each sample by (label, group, length).
+    lengths = sorted(
+        (len(wl.render_chat(tiny_model.tokenizer, m)) for m, _, _ in items), reverse=True
+    )
+    for row, (label, group, length) in enumerate(zip(labels, groups, lengths, strict=True)):
+        torch.testing.assert_close(
+            acts[row], expected[(label, group, length)], atol=1e-5, rtol=1e-4
+        )
+
+
+def test_capture_statistics_equal_hand_means(tiny_model: Any) -> None:
+    items = _items(9)
+    stats = capture(tiny_model, items, batch_size=4, progress=False)
+    assert stats.counts == {"mold": 3, "gold": 3, "path": 3}
+    for cls in LABELS:
+        rows = [_direct(tiny_model, m)[0][-1] for m, label, _ in items if label == cls]
+        torch.testing.assert_close(
+            stats.mean(cls).float(), torch.stack(rows).mean(0), atol=1e-5, rtol=1e-4
+        )
+    meta = stats.metadata
+    assert meta.hook == "resid_post" and meta.position_rule == "last_action"
+    assert stats.info["layers"] == list(range(tiny_model.cfg.n_layers))
+    assert meta.model_id == wl.model_info(tiny_model).model_id
+    assert meta.design == "paper"
+
+
+def test_position_rules_and_reduce() -> None:
+    model = wl.load_model("tiny-llama")
+    items = _items(4)
+    per_token = torch.cat(
+        [a for a, _, _ in iter_activations(model, items, position="assistant", progress=False)]
+    )
+    assert per_token.shape[0] == sum(1 + i % 4 for i in range(4))  # one sample per move
+    mean = torch.cat(
+        [
+            a
+            for a, _, _ in iter_activations(
+                model, items[:1], position="assistant", reduce="mean", progress=False
+            )
+        ]
+    )
+    direct, rendered = _direct(model, items[0][0])
+    torch.testing.assert_close(
+        mean[0], direct[rendered.assistant_content_mask].mean(0), atol=1e-5, rtol=1e-4
+    )
+
+    user = next(iter_activations(model, items[:1], position="user", progress=False))[0]
+    assert user.shape[0] == int(rendered.user_mask.sum())
+
+    custom = next(
+        iter_activations(model, items[:1], position=lambda r: r.assistant_role_mask, progress=False)
+    )[0]
+    assert custom.shape[0] == int(rendered.assistant_role_mask.sum())
+
+
+def test_generation_prompt_position() -> None:
+    model = wl.load_model("tiny-llama")
+    messages = [{"role": "user", "content": "Where now?"}]
+    acts = next(
+        iter_activations(model, [(messages, "path")], position="generation_prompt", progress=False)
+    )[0]
+    rendered = wl.render_chat(model.tokenizer, messages, add_generation_prompt=True)
+    assert acts.shape[0] == int(rendered.generation_prompt_mask.sum()) == 4
+
+
+def test_layer_subset_and_hook_kind() -> None:
+    model = wl.load_model("tiny-qwen3")
+    items = _items(3)
+    acts = next(iter_activations(model, items[:1], layers=[0, -1], hook="mlp_out", progress=False))[
+        0
+    ]
+    rendered = wl.render_chat(model.tokenizer, items[0][0])
+    with torch.no_grad():
+        _, cache = model.run_with_cache(rendered.input_ids[None])
+    torch.testing.assert_close(acts[0, 0], cache["blocks.0.hook_mlp_out"][0, -1])
+    torch.testing.assert_close(acts[0, 1], cache["blocks.2.hook_mlp_out"][0, -1])
+    stats = capture(model, items, layers=[1], progress=False)
+    assert stats.n_layers == 1
+    with pytest.raises(ShapeError, match="same model and layer selection"):
+        capture(model, items, progress=False, stats=stats)
+
+
+def test_capture_errors() -> None:
+    model = wl.load_model("tiny-llama")
+    with pytest.raises(TokenizationError, match="no assistant content"):
+        capture(model, [([{"role": "user", "content": "hi"}], "mold")], progress=False)
+    with pytest.raises(DataError, match="neither a trajectory"):
+        capture(model, ["not a trajectory"], progress=False)
+    with pytest.raises(DataError, match="No trajectories"):
+        list(iter_activations(model, [], progress=False))
+    with pytest.raises(DataError, match="position rule"):
+        capture(model, _items(3), position="first_token", progress=False)  # type: ignore[arg-type]
+
+
+def test_project_scores() -> None:
+    model = wl.load_model("tiny-llama")
+    items = _items(5)
+    vectors = {"v": torch.randn(model.cfg.n_layers, model.cfg.d_model)}
+    scores = project(model, items, vectors, batch_size=2, progress=False)
+    assert scores.dot["v"].shape == (5, model.cfg.n_layers)
+    acts = torch.cat(
+        [a for a, _, _ in iter_activations(model, items, batch_size=2, progress=False)]
+    )
+    expected_cos = torch.nn.functional.cosine_similarity(acts, vectors["v"][None], dim=-1)
+    torch.testing.assert_close(scores.cosine["v"], expected_cos, atol=1e-5, rtol=1e-4)
+    assert scores.of("mold").sum() == sum(label == "mold" for label in scores.labels)
+    with pytest.raises(ShapeError, match="expected"):
+        project(model, items, {"bad": torch.randn(2, 7)}, progress=False)
+
+
+def test_branch_activations_equal_direct_trajectories(tiny_model: Any) -> None:
+    from welfare_lens.capture import iter_branch_activations
+    from welfare_lens.maze import MazeConfig, synthetic_trajectories
+
+    walk = synthetic_trajectories(
+        MazeConfig(), per_class=1, classes=("path",), lengths=[4], seed=5
+    )[0]
+    acts, labels, groups = next(iter_branch_activations(tiny_model, [walk], progress=False))
+    assert acts.shape == (16, tiny_model.cfg.n_layers, tiny_model.cfg.d_model)  # 4 turns x 4 moves
+    assert set(groups) == {walk.maze_seed}
+    row = 0
+    for turn in reversed(range(4)):
+        for direction, tile in zip("NESW", walk.neighbours[turn], strict=True):
+            # The trajectory that branches here: the walk's first `turn` moves, then `direction`.
+            messages = [*walk.messages[: 2 * turn + 1], {"role": "assistant", "content": direction}]
+            direct, _ = _direct(tiny_model, messages)
+            assert labels[row] == LABELS_BY_TILE[int(tile)]
+            torch.testing.assert_close(acts[row], direct[-1], atol=1e-4, rtol=1e-4)
+            row += 1
+
+
+LABELS_BY_TILE = ("mold", "gold", "path")
+
+
+def test_branch_capture_per_class_cap() -> None:
+    from welfare_lens.maze import MazeConfig, synthetic_trajectories
+
+    model = wl.load_model("tiny-llama")
+    walks = synthetic_trajectories(
+        MazeConfig(), per_class=4, classes=("path",), lengths=[6], seed=9
+    )
+    stats = capture(model, walks, branches=True, per_class=3, progress=False)
+    assert all(count <= 3 for count in stats.counts.values())
+    assert stats.counts["path"] == 3 and stats.counts["mold"] == 3
+    assert stats.metadata.design == "branches"
+    with pytest.raises(DataError, match="final move"):
+        capture(model, walks, branches=True, position="assistant", progress=False)

@@ -1,0 +1,70 @@
+"""Analyses of welfare vectors (paper §3 and §5; Appendices C and L).
+
+Re-exports the public names of the analysis submodules: :mod:`.geometry` (antiparallelism,
+centred class means, nulls, bootstrap, split halves) and :mod:`.layer_selection` (AUROC, Cohen's
+d, histogram overlap, the steering layer ℓ* and the fixed per-analysis layer rules).
+"""
+
+from welfare_lens.analysis.geometry import (
+    AntiparallelismResult,
+    CentredCosines,
+    CosineSummary,
+    NullDistribution,
+    antiparallelism,
+    bootstrap_ci,
+    bootstrap_cosines,
+    centred_class_mean_cosines,
+    centred_null,
+    cosine_per_layer,
+    noise_cosine,
+    null_pvalue,
+    random_direction_null,
+    split_half_reliability,
+)
+from welfare_lens.analysis.layer_selection import (
+    LayerSelection,
+    Score,
+    auroc,
+    auroc_per_layer,
+    centred_cosine_layer,
+    cohens_d,
+    cohens_d_per_layer,
+    emotion_scatter_layer,
+    histogram_overlap,
+    histogram_overlap_per_layer,
+    logit_lens_layer,
+    projections,
+    select_from_scores,
+    select_steering_layer,
+)
+
+__all__ = [
+    "AntiparallelismResult",
+    "CentredCosines",
+    "CosineSummary",
+    "LayerSelection",
+    "NullDistribution",
+    "Score",
+    "antiparallelism",
+    "auroc",
+    "auroc_per_layer",
+    "bootstrap_ci",
+    "bootstrap_cosines",
+    "centred_class_mean_cosines",
+    "centred_cosine_layer",
+    "centred_null",
+    "cohens_d",
+    "cohens_d_per_layer",
+    "cosine_per_layer",
+    "emotion_scatter_layer",
+    "histogram_overlap",
+    "histogram_overlap_per_layer",
+    "logit_lens_layer",
+    "noise_cosine",
+    "null_pvalue",
+    "projections",
+    "random_direction_null",
+    "select_from_scores",
+    "select_steering_layer",
+    "split_half_reliability",
+]

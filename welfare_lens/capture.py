@@ -1,0 +1,543 @@
+"""Activation capture: run conversations through a model and read the residual stream.
+
+The paper extracts its vectors from the residual stream at the output of every block, at token
+position −1: the last direction letter of a synthetic trajectory rendered without an end-of-turn
+token (paper_method A4; appendix L.1). :func:`capture` does that for any number of trajectories
+with memory that does not grow with their number: activations go straight into streaming
+per-class statistics (:class:`welfare_lens.vectors.ClassStatistics`). :func:`project` scores
+held-out trajectories against given vectors (the input of steering-layer selection, A4).
+
+Both run batches sorted by length (little padding), right-padded (causal attention makes
+right padding exact without an attention mask), and stop the forward pass after the last
+requested block, so the unembedding is never computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from welfare_lens.chat import RenderedChat, action_token_ids, pad_rendered, render_chat
+from welfare_lens.errors import DataError, ShapeError, TokenizationError, VectorError
+from welfare_lens.hooks import HookKind, capture_hooks, hook_name, n_layers, resolve_layers
+from welfare_lens.models import model_info
+from welfare_lens.vectors import ClassStatistics
+
+__all__ = [
+    "POSITION_RULES",
+    "PositionRule",
+    "Projections",
+    "capture",
+    "iter_activations",
+    "project",
+]
+
+PositionRule = Literal["last_action", "assistant", "generation_prompt", "user"]
+POSITION_RULES: tuple[PositionRule, ...] = ("last_action", "assistant", "generation_prompt", "user")
+PositionSpec = PositionRule | Callable[[RenderedChat], Tensor]
+
+
+@dataclass(frozen=True)
+class _Item:
+    messages: Sequence[Mapping[str, str]]
+    label: str
+    group: int
+
+
+def _as_item(obj: Any, index: int) -> _Item:
+    if isinstance(obj, tuple) and len(obj) in (2, 3):
+        messages, label = obj[0], obj[1]
+        group = int(obj[2]) if len(obj) == 3 else index
+    else:
+        messages = getattr(obj, "messages", None)
+        label = getattr(obj, "label", None)
+        seed = getattr(obj, "maze_seed", None)
+        group = index if seed is None else int(seed)
+    if messages is None or not isinstance(label, str):
+        raise DataError(
+            f"Item {index} is neither a trajectory nor a (messages, label[, group]) tuple: "
+            f"{type(obj).__name__}.",
+            hint="Pass wl.maze trajectories, or tuples (messages, label) or "
+            "(messages, label, group).",
+        )
+    return _Item(messages, label, group)
+
+
+def _positions(rendered: RenderedChat, rule: PositionSpec) -> Bool[Tensor, " pos"]:
+    if callable(rule):
+        mask = rule(rendered)
+        if (
+            not isinstance(mask, Tensor)
+            or mask.dtype != torch.bool
+            or mask.shape != (len(rendered),)
+        ):
+            raise ShapeError(
+                "A position function must return a boolean mask of one entry per token.",
+                hint="Return e.g. rendered.user_mask or a [pos] bool tensor.",
+            )
+        return mask
+    if rule == "last_action":
+        mask = torch.zeros(len(rendered), dtype=torch.bool)
+        mask[rendered.last_assistant_token] = True
+        return mask
+    if rule == "assistant":
+        return rendered.assistant_content_mask
+    if rule == "generation_prompt":
+        return rendered.generation_prompt_mask
+    if rule == "user":
+        return rendered.user_mask
+    raise DataError(
+        f"Unknown position rule {rule!r}.",
+        hint=f"Use one of {POSITION_RULES} or a function RenderedChat -> bool mask.",
+    )
+
+
+def iter_activations(
+    model: Any,
+    items: Iterable[Any],
+    *,
+    position: PositionSpec = "last_action",
+    layers: int | Sequence[int] | None = None,
+    hook: HookKind = "resid_post",
+    reduce: Literal["tokens", "mean"] = "tokens",
+    batch_size: int = 8,
+    template: Literal["auto", "model", "plain"] = "auto",
+    progress: bool = True,
+    description: str = "capture",
+) -> Iterator[tuple[Float[Tensor, "n layer d_model"], list[str], list[int]]]:
+    """Yield activations at the selected positions, batch by batch.
+
+    Args:
+        model: A TransformerLens model (``wl.load_model(...)``).
+        items: Trajectories (objects with ``messages``, ``label`` and optionally ``maze_seed``)
+            or tuples ``(messages, label[, group])``.
+        position: ``"last_action"`` (default; the paper's position −1), ``"assistant"`` (every
+            assistant content token), ``"generation_prompt"`` (the tokens of the assistant
+            generation prompt, which is then appended), ``"user"`` (user content tokens), or a
+            function from :class:`~welfare_lens.chat.RenderedChat` to a ``[pos]`` bool mask.
+        layers: Blocks to read (default all).
+        hook: Which per-block hook (default ``resid_post``, the block output).
+        reduce: With several selected tokens per conversation, ``"tokens"`` yields each as a
+            sample; ``"mean"`` yields their mean, one sample per conversation.
+        batch_size: Conversations per forward pass.
+        template: Chat template choice (see :func:`welfare_lens.chat.render_chat`).
+        progress: Show a progress bar.
+        description: Progress-bar label.
+
+    Yields:
+        ``(acts [n, n_selected_layers, d_model], labels, groups)`` per batch, on CPU, fp32 or
+        the model's dtype.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}.", hint="Use e.g. 8.")
+    total = n_layers(model)
+    chosen = resolve_layers(layers, total)
+    names = [hook_name(layer, hook) for layer in chosen]
+    tokenizer = model.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    add_prompt = position == "generation_prompt"
+
+    rendered: list[tuple[RenderedChat, Tensor, _Item]] = []
+    for index, obj in enumerate(items):
+        item = _as_item(obj, index)
+        chat = render_chat(
+            tokenizer, item.messages, add_generation_prompt=add_prompt, template=template
+        )
+        mask = _positions(chat, position)
+        if not bool(mask.any()):
+            raise TokenizationError(
+                f"Item {index} has no token at position rule {position!r}.",
+                hint="End each conversation with an assistant move (last_action/assistant), "
+                "or with a user message (generation_prompt).",
+            )
+        rendered.append((chat, mask, item))
+    if not rendered:
+        raise DataError("No trajectories to capture.", hint="Pass at least one.")
+
+    # Longest first: the first batch shows the peak memory at once, and padding stays small.
+    order = sorted(range(len(rendered)), key=lambda i: -len(rendered[i][0]))
+    bar = tqdm(total=len(order), desc=description, disable=not progress, unit="conv")
+    device = getattr(getattr(model, "cfg", None), "device", None)
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = [rendered[i] for i in order[start : start + batch_size]]
+            padded = pad_rendered([chat for chat, _, _ in batch], pad_id)
+            width = padded["input_ids"].shape[1]
+            select = torch.zeros(len(batch), width, dtype=torch.bool)
+            for row, (_, mask, _) in enumerate(batch):
+                select[row, : mask.shape[0]] = mask
+            store: dict[str, Tensor] = {}
+            tokens = padded["input_ids"] if device is None else padded["input_ids"].to(device)
+            with torch.no_grad():
+                model.run_with_hooks(
+                    tokens,
+                    fwd_hooks=capture_hooks(names, store, positions=select),
+                    stop_at_layer=max(chosen) + 1,
+                )
+            acts = torch.stack([store[name] for name in names], dim=1).cpu()  # [n_sel, L, d]
+            counts = select.sum(dim=1).tolist()
+            labels: list[str] = []
+            groups: list[int] = []
+            if reduce == "mean":
+                pieces = torch.split(acts, counts)
+                acts = torch.stack([piece.mean(dim=0) for piece in pieces])
+                counts = [1] * len(batch)
+            for (_, _, item), count in zip(batch, counts, strict=True):
+                labels.extend([item.label] * count)
+                groups.extend([item.group] * count)
+            yield acts, labels, groups
+            bar.update(len(batch))
+    finally:
+        bar.close()
+
+
+_TILE_CLASSES = ("mold", "gold", "path")  # Tile.MOLD = 0, Tile.GOLD = 1, Tile.PATH = 2
+
+
+def _crop_cache(past: Any, length: int) -> None:
+    remove = int(past.get_seq_length()) - length
+    if remove > 0:
+        past.crop(-remove)
+
+
+def iter_branch_activations(
+    model: Any,
+    walks: Iterable[Any],
+    *,
+    layers: int | Sequence[int] | None = None,
+    hook: HookKind = "resid_post",
+    classes: Sequence[str] = _TILE_CLASSES,
+    per_class: int | None = None,
+    template: Literal["auto", "model", "plain"] = "auto",
+    progress: bool = True,
+) -> Iterator[tuple[Float[Tensor, "n layer d_model"], list[str], list[int]]]:
+    """Activations of every possible final move at every turn of maze walks (minimal pairs).
+
+    A class-c trajectory of length n is n−1 moves onto Path followed by a move onto a class-c
+    tile (paper A4). Given a Path walk (e.g. ``synthetic_trajectories(cfg, classes=("path",),
+    lengths=[15])``), every turn k and every direction d whose neighbour has class c yields
+    such a trajectory: the walk's first k−1 moves, the k-th user message, then move d. Causal
+    attention makes the activation at that move depend only on this prefix, so one forward
+    pass over the walk plus one token per alternative move (branching off the KV cache) gives
+    up to 4·n samples, instead of n full forward passes per sample. At 15 turns this is about
+    30x fewer tokens than encoding each trajectory on its own.
+
+    This is a departure from the paper's sampling, documented in the README: the samples of
+    one walk share a maze and a prefix (use the group id, the maze seed, for bootstraps and
+    splits), and at a given turn the alternatives see the *same* prompt and differ only in the
+    chosen move, which controls for what the model sees (DESIGN: "what the model sees vs what
+    it chose").
+
+    Args:
+        model: A TransformerLens model with a full-attention KV cache.
+        walks: Trajectories with ``messages``, ``actions``, ``neighbours`` (N, E, S, W tile ids
+            per turn) and ``maze_seed``; every assistant message a single direction token.
+        layers, hook, template, progress: See :func:`iter_activations`.
+        classes: Tile classes to keep (by the class of the tile the move enters).
+        per_class: Stop adding samples of a class once it has this many; stop when all are full.
+
+    Yields:
+        ``(acts [n, n_layers, d_model], labels, groups)`` per walk.
+    """
+    from transformers import DynamicCache
+
+    total = n_layers(model)
+    chosen = resolve_layers(layers, total)
+    names = [hook_name(layer, hook) for layer in chosen]
+    tokenizer = model.tokenizer
+    action_ids = action_token_ids(tokenizer, template=template)
+    wanted = set(classes)
+    counts = dict.fromkeys(wanted, 0)
+    walks = list(walks)
+    if not walks:
+        raise DataError("No walks to capture.", hint="Pass at least one trajectory.")
+    bar = tqdm(total=len(walks), desc="branches", disable=not progress, unit="walk")
+    device = getattr(getattr(model, "cfg", None), "device", None)
+    try:
+        for index, walk in enumerate(walks):
+            if per_class is not None and all(counts[c] >= per_class for c in wanted):
+                break
+            neighbours = getattr(walk, "neighbours", None)
+            actions = getattr(walk, "actions", None)
+            if neighbours is None or actions is None:
+                raise DataError(
+                    f"Walk {index} has no neighbours/actions.",
+                    hint="Pass wl.maze trajectories (they record the tiles shown each turn).",
+                )
+            group = int(walk.maze_seed) if getattr(walk, "maze_seed", None) is not None else index
+            rendered = render_chat(tokenizer, walk.messages, template=template)
+            positions = rendered.assistant_content_positions.tolist()
+            if len(positions) != len(neighbours):
+                raise TokenizationError(
+                    f"Walk {index} has {len(neighbours)} turns but {len(positions)} assistant "
+                    "tokens.",
+                    hint="Every assistant message must be one direction token (N/E/S/W).",
+                )
+            tokens = rendered.input_ids.unsqueeze(0)
+            if device is not None:
+                tokens = tokens.to(device)
+            store: dict[str, Tensor] = {}
+            with torch.no_grad():
+                # A plain DynamicCache keeps every past state, also for sliding-window layers
+                # (Gemma 3), so it can be cropped back to any turn; masks still apply the window.
+                _, past = model.run_with_hooks(
+                    tokens,
+                    fwd_hooks=capture_hooks(names, store, positions=list(positions)),
+                    return_type="logits_and_cache",
+                    past_key_values=DynamicCache(),
+                )
+            walked = torch.stack([store[name][0] for name in names], dim=1).cpu()  # [turns, L, d]
+            rows: list[Tensor] = []
+            labels: list[str] = []
+            # Latest turn first: the cache only ever has to shrink.
+            for turn in reversed(range(len(positions))):
+                shown = neighbours[turn]
+                for direction, tile in zip(("N", "E", "S", "W"), shown, strict=True):
+                    label = _TILE_CLASSES[int(tile)]
+                    if label not in wanted or (
+                        per_class is not None and counts[label] >= per_class
+                    ):
+                        continue
+                    if actions[turn] is not None and str(actions[turn]) == direction:
+                        rows.append(walked[turn])
+                    else:
+                        _crop_cache(past, positions[turn])
+                        branch: dict[str, Tensor] = {}
+                        token = torch.tensor([[action_ids[direction]]], device=tokens.device)
+                        with torch.no_grad():
+                            model.run_with_hooks(
+                                token,
+                                fwd_hooks=capture_hooks(names, branch),
+                                past_key_values=past,
+                                return_type="logits_and_cache",
+                            )
+                        rows.append(torch.stack([branch[name][0, -1] for name in names]).cpu())
+                    labels.append(label)
+                    counts[label] += 1
+            bar.update(1)
+            if rows:
+                yield torch.stack(rows), labels, [group] * len(labels)
+    finally:
+        bar.close()
+
+
+def capture(
+    model: Any,
+    trajectories: Iterable[Any],
+    *,
+    position: PositionSpec = "last_action",
+    layers: int | Sequence[int] | None = None,
+    hook: HookKind = "resid_post",
+    reduce: Literal["tokens", "mean"] = "tokens",
+    classes: Sequence[str] | None = None,
+    batch_size: int = 8,
+    second_moments: Literal["none", "diag", "full"] = "diag",
+    n_buckets: int = 64,
+    template: Literal["auto", "model", "plain"] = "auto",
+    progress: bool = True,
+    stats: ClassStatistics | None = None,
+    branches: bool = False,
+    per_class: int | None = None,
+    holdout: float = 0.0,
+    holdout_seed: int = 0,
+) -> ClassStatistics:
+    """Streaming per-class statistics of the residual stream (paper A4).
+
+    Memory is that of the statistics (counts, sums, second moments, bucket sums), independent of
+    the number of trajectories. Pass ``stats`` to keep adding to an existing object (e.g. after
+    an interruption, or from several sources).
+
+    Args:
+        model: A TransformerLens model.
+        trajectories: See :func:`iter_activations`.
+        position, layers, hook, reduce, batch_size, template, progress: See
+            :func:`iter_activations`.
+        classes: Class names (default: the labels that occur, mold/gold/path first).
+        second_moments, n_buckets: See :class:`~welfare_lens.vectors.ClassStatistics`.
+        stats: Existing statistics to update instead of creating new ones.
+        branches: Treat the trajectories as Path walks and read every possible final move at
+            every turn (:func:`iter_branch_activations`): ~30x cheaper, minimal-pair design.
+            Only with ``position="last_action"``.
+        per_class: With ``branches``, the number of samples per class to collect.
+        holdout, holdout_seed: Keep this fraction of groups (mazes) aside, per sample, for
+            steering-layer selection (``stats.heldout``); they are not in the sums.
+
+    Returns:
+        The class statistics, with provenance (model id, hook, coordinate mode, position rule,
+        layers) in ``stats.info``.
+
+    Example:
+        >>> trajs = wl.maze.synthetic_trajectories(cfg, per_class=100)
+        >>> stats = wl.capture(model, trajs)
+        >>> v = wl.welfare_vectors(stats)
+    """
+    if branches and position != "last_action":
+        raise DataError(
+            "Branch capture reads the final move only.",
+            hint="Use position='last_action' with branches=True.",
+        )
+    trajectories = list(trajectories)
+    items = [] if branches else [_as_item(obj, i) for i, obj in enumerate(trajectories)]
+    total = n_layers(model)
+    chosen = resolve_layers(layers, total)
+    if stats is None:
+        present = list(_TILE_CLASSES) if branches else list(dict.fromkeys(i.label for i in items))
+        order = [c for c in ("mold", "gold", "path") if c in present]
+        names = (
+            tuple(classes)
+            if classes is not None
+            else (*order, *(c for c in present if c not in order))
+        )
+        info = model_info(model)
+        stats = ClassStatistics(
+            n_layers=len(chosen),
+            d_model=int(model.cfg.d_model),
+            classes=names,
+            model_id=info.model_id,
+            hook=hook,
+            coordinate_mode=info.coordinate_mode,
+            position_rule=position if isinstance(position, str) else "custom",
+            design="branches" if branches else "paper",
+            info={"layers": chosen, "reduce": reduce},
+            n_buckets=n_buckets,
+            second_moments=second_moments,
+            holdout=holdout,
+            holdout_seed=holdout_seed,
+        )
+    elif stats.n_layers != len(chosen) or stats.d_model != int(model.cfg.d_model):
+        raise ShapeError(
+            f"The given statistics hold {stats.n_layers} layers x {stats.d_model}, but this "
+            f"capture reads {len(chosen)} layers x {model.cfg.d_model}.",
+            hint="Pass statistics made from the same model and layer selection, or none.",
+        )
+    batches = (
+        iter_branch_activations(
+            model,
+            trajectories,
+            layers=chosen,
+            hook=hook,
+            classes=stats.classes,
+            per_class=per_class,
+            template=template,
+            progress=progress,
+        )
+        if branches
+        else iter_activations(
+            model,
+            [(item.messages, item.label, item.group) for item in items],
+            position=position,
+            layers=chosen,
+            hook=hook,
+            reduce=reduce,
+            batch_size=batch_size,
+            template=template,
+            progress=progress,
+        )
+    )
+    for acts, labels, groups in batches:
+        stats.update(labels=labels, acts=acts, groups=groups)
+    return stats
+
+
+@dataclass
+class Projections:
+    """Per-sample scores of held-out activations against per-layer vectors.
+
+    Attributes:
+        labels: Class label of each sample.
+        groups: Group (maze) id of each sample.
+        dot: ``{vector name: [n_samples, n_layers]}`` dot products ``a · v_ℓ``.
+        cosine: ``{vector name: [n_samples, n_layers]}`` cosine similarities ``cos(a, v_ℓ)``,
+            the scores whose histograms the paper compares for layer selection (A4).
+    """
+
+    labels: list[str]
+    groups: list[int]
+    dot: dict[str, Tensor] = field(default_factory=dict)
+    cosine: dict[str, Tensor] = field(default_factory=dict)
+
+    def of(self, label: str) -> Bool[Tensor, " n"]:
+        """Boolean mask of the samples with ``label``."""
+        return torch.tensor([lab == label for lab in self.labels], dtype=torch.bool)
+
+
+def project(
+    model: Any,
+    trajectories: Iterable[Any],
+    vectors: Mapping[str, Tensor] | Any,
+    *,
+    position: PositionSpec = "last_action",
+    layers: int | Sequence[int] | None = None,
+    hook: HookKind = "resid_post",
+    batch_size: int = 8,
+    template: Literal["auto", "model", "plain"] = "auto",
+    progress: bool = True,
+) -> Projections:
+    """Project held-out samples onto per-layer vectors (input of steering-layer selection, A4).
+
+    Args:
+        model: A TransformerLens model.
+        trajectories: Held-out trajectories (never those the vectors were computed from).
+        vectors: ``{name: [n_layers, d_model]}`` or a ``ConceptVectors`` (its named vectors).
+        position, layers, hook, batch_size, template, progress: See :func:`iter_activations`.
+
+    Returns:
+        Per-sample dot products and cosines, ``[n_samples, n_layers]`` per vector.
+    """
+    if hasattr(vectors, "items") and not isinstance(vectors, Mapping):
+        vectors = dict(vectors.items())
+    if hasattr(vectors, "check_compatible"):
+        vectors.check_compatible(model)
+    total = n_layers(model)
+    chosen = resolve_layers(layers, total)
+    table: dict[str, Tensor] = {}
+    for name, value in dict(vectors).items():
+        v = torch.as_tensor(value, dtype=torch.float32)
+        if (
+            v.ndim != 2
+            or v.shape[1] != int(model.cfg.d_model)
+            or v.shape[0]
+            not in (
+                total,
+                len(chosen),
+            )
+        ):
+            raise ShapeError(
+                f"Vector {name!r} has shape {tuple(v.shape)}; expected [{total} or "
+                f"{len(chosen)}, {model.cfg.d_model}].",
+                hint="Use per-layer vectors extracted from this model.",
+            )
+        if not torch.isfinite(v).all():
+            raise VectorError(f"Vector {name!r} has NaN or inf values.", hint="Recompute it.")
+        table[name] = v[chosen] if v.shape[0] == total and len(chosen) != total else v
+    result = Projections(labels=[], groups=[])
+    dots: dict[str, list[Tensor]] = {name: [] for name in table}
+    coss: dict[str, list[Tensor]] = {name: [] for name in table}
+    for acts, labels, groups in iter_activations(
+        model,
+        trajectories,
+        position=position,
+        layers=chosen,
+        hook=hook,
+        batch_size=batch_size,
+        template=template,
+        progress=progress,
+        description="project",
+    ):
+        a = acts.float()
+        result.labels.extend(labels)
+        result.groups.extend(groups)
+        for name, v in table.items():
+            dot = torch.einsum("nld,ld->nl", a, v)
+            norms = a.norm(dim=-1) * v.norm(dim=-1)
+            dots[name].append(dot)
+            coss[name].append(dot / norms.clamp_min(torch.finfo(torch.float32).tiny))
+    result.dot = {name: torch.cat(parts) for name, parts in dots.items()}
+    result.cosine = {name: torch.cat(parts) for name, parts in coss.items()}
+    return result
