@@ -5,7 +5,7 @@ models recruits a functional welfare axis": an emoji maze, a compact GRPO loop, 
 welfare vectors, geometric analyses and steering evaluations.
 """
 
-from welfare_lens import analysis, chat, hooks, maze
+from welfare_lens import analysis, chat, hooks, maze, rl
 from welfare_lens.capture import capture, project
 from welfare_lens.chat import RenderedChat, action_token_ids, render_chat
 from welfare_lens.errors import WelfareLensError
@@ -45,5 +45,6 @@ __all__ = [
     "model_info",
     "project",
     "render_chat",
+    "rl",
     "welfare_vectors",
 ]

@@ -106,7 +106,7 @@ def iter_activations(
     layers: int | Sequence[int] | None = None,
     hook: HookKind = "resid_post",
     reduce: Literal["tokens", "mean"] = "tokens",
-    batch_size: int = 8,
+    batch_size: int = 1,
     template: Literal["auto", "model", "plain"] = "auto",
     progress: bool = True,
     description: str = "capture",
@@ -125,7 +125,9 @@ def iter_activations(
         hook: Which per-block hook (default ``resid_post``, the block output).
         reduce: With several selected tokens per conversation, ``"tokens"`` yields each as a
             sample; ``"mean"`` yields their mean, one sample per conversation.
-        batch_size: Conversations per forward pass.
+        batch_size: Conversations per forward pass. On CPU one at a time is fastest (eager
+            attention makes padded batches of long conversations slower:
+            benchmarks/extract.py); raise it on a GPU.
         template: Chat template choice (see :func:`welfare_lens.chat.render_chat`).
         progress: Show a progress bar.
         description: Progress-bar label.
@@ -297,29 +299,44 @@ def iter_branch_activations(
             labels: list[str] = []
             # Latest turn first: the cache only ever has to shrink.
             for turn in reversed(range(len(positions))):
-                shown = neighbours[turn]
-                for direction, tile in zip(("N", "E", "S", "W"), shown, strict=True):
+                branch_dirs: list[str] = []
+                turn_start = len(rows)
+                for direction, tile in zip(("N", "E", "S", "W"), neighbours[turn], strict=True):
                     label = _TILE_CLASSES[int(tile)]
                     if label not in wanted or (
                         per_class is not None and counts[label] >= per_class
                     ):
                         continue
-                    if actions[turn] is not None and str(actions[turn]) == direction:
-                        rows.append(walked[turn])
-                    else:
-                        _crop_cache(past, positions[turn])
-                        branch: dict[str, Tensor] = {}
-                        token = torch.tensor([[action_ids[direction]]], device=tokens.device)
-                        with torch.no_grad():
-                            model.run_with_hooks(
-                                token,
-                                fwd_hooks=capture_hooks(names, branch),
-                                past_key_values=past,
-                                return_type="logits_and_cache",
-                            )
-                        rows.append(torch.stack([branch[name][0, -1] for name in names]).cpu())
-                    labels.append(label)
                     counts[label] += 1
+                    labels.append(label)
+                    if actions[turn] is not None and str(actions[turn]) == direction:
+                        rows.append(walked[turn])  # the walk's own move: already computed
+                    else:
+                        rows.append(torch.empty(0))  # filled below
+                        branch_dirs.append(direction)
+                if not branch_dirs:
+                    continue
+                # All alternative moves of this turn in one forward pass, batch = alternatives.
+                _crop_cache(past, positions[turn])
+                if len(branch_dirs) > 1:
+                    past.batch_repeat_interleave(len(branch_dirs))
+                branch: dict[str, Tensor] = {}
+                batch_tokens = torch.tensor(
+                    [[action_ids[d]] for d in branch_dirs], device=tokens.device
+                )
+                with torch.no_grad():
+                    model.run_with_hooks(
+                        batch_tokens,
+                        fwd_hooks=capture_hooks(names, branch),
+                        past_key_values=past,
+                        return_type="logits_and_cache",
+                    )
+                if len(branch_dirs) > 1:
+                    past.batch_select_indices(torch.tensor([0], device=tokens.device))
+                computed = torch.stack([branch[name][:, -1] for name in names], dim=1).cpu()
+                slots = [i for i in range(turn_start, len(rows)) if rows[i].numel() == 0]
+                for slot, value in zip(slots, computed, strict=True):
+                    rows[slot] = value
             bar.update(1)
             if rows:
                 yield torch.stack(rows), labels, [group] * len(labels)
@@ -336,7 +353,7 @@ def capture(
     hook: HookKind = "resid_post",
     reduce: Literal["tokens", "mean"] = "tokens",
     classes: Sequence[str] | None = None,
-    batch_size: int = 8,
+    batch_size: int = 1,
     second_moments: Literal["none", "diag", "full"] = "diag",
     n_buckets: int = 64,
     template: Literal["auto", "model", "plain"] = "auto",
@@ -475,7 +492,7 @@ def project(
     position: PositionSpec = "last_action",
     layers: int | Sequence[int] | None = None,
     hook: HookKind = "resid_post",
-    batch_size: int = 8,
+    batch_size: int = 1,
     template: Literal["auto", "model", "plain"] = "auto",
     progress: bool = True,
 ) -> Projections:
