@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -42,3 +43,16 @@ def tiny_model(request: pytest.FixtureRequest) -> object:
     from welfare_lens.models import load_model
 
     return load_model(request.param)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run a test on one torch thread.
+
+    Tiny models' ops are microseconds long: on one thread they run fastest, and OpenMP's
+    spin-waiting can make two threads many times slower when the machine's cores are shared.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
