@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--mazes-per-step", type=int, default=2)
     parser.add_argument("--episodes-per-maze", type=int, default=8)
+    parser.add_argument("--micro-batch-size", type=int, default=2, help="episodes per backward")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the untrained evaluation")
     parser.add_argument("--out", default="runs/smollm2_cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -55,6 +57,7 @@ def main() -> None:
         mazes_per_step=args.mazes_per_step,
         episodes_per_maze=args.episodes_per_maze,
         entropy_beta0=0.01,
+        micro_batch_size=args.micro_batch_size,
         out_dir=str(out),
         checkpoint_every=5,
         progress=False,
@@ -62,11 +65,12 @@ def main() -> None:
     trainer = wl.rl.GRPOTrainer(model, maze_cfg, config)
     report: dict[str, Any] = {"config": config.to_dict(), "maze": maze_cfg.to_dict()}
 
-    start = time.perf_counter()
-    before = trainer.evaluate(n_mazes=args.eval_mazes, episodes_per_maze=1)
-    report["untrained"] = summary(before, args.eval_mazes)
-    report["eval_seconds"] = time.perf_counter() - start
-    print("untrained:", json.dumps(report["untrained"]), flush=True)
+    if not args.no_baseline:
+        start = time.perf_counter()
+        before = trainer.evaluate(n_mazes=args.eval_mazes, episodes_per_maze=1)
+        report["untrained"] = summary(before, args.eval_mazes)
+        report["eval_seconds"] = time.perf_counter() - start
+        print("untrained:", json.dumps(report["untrained"]), flush=True)
 
     start = time.perf_counter()
     while time.perf_counter() - start < args.minutes * 60:

@@ -5,12 +5,13 @@ models recruits a functional welfare axis": an emoji maze, a compact GRPO loop, 
 welfare vectors, geometric analyses and steering evaluations.
 """
 
-from welfare_lens import analysis, chat, hooks, maze, rl
+from welfare_lens import analysis, chat, hooks, maze, rl, steering
 from welfare_lens.capture import capture, project
 from welfare_lens.chat import RenderedChat, action_token_ids, render_chat
 from welfare_lens.errors import WelfareLensError
 from welfare_lens.hooks import add_vector_hook, capture_hook, capture_hooks, hook_name
 from welfare_lens.models import ModelInfo, known_models, load_model, model_info
+from welfare_lens.steering import steer
 from welfare_lens.vectors import (
     ClassStatistics,
     ConceptVectors,
@@ -46,5 +47,7 @@ __all__ = [
     "project",
     "render_chat",
     "rl",
+    "steer",
+    "steering",
     "welfare_vectors",
 ]
