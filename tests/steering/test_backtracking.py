@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,16 +33,6 @@ from welfare_lens.steering.backtracking import (
     precheck_backtracking,
     sample_problems,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_llama() -> Iterator[Any]:
-    from welfare_lens.models import load_model
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_model("tiny-llama")
-    torch.set_num_threads(threads)
 
 
 def _shipped() -> dict[str, Any]:

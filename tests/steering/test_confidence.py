@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
@@ -32,16 +31,6 @@ from welfare_lens.steering.confidence import (
     p_true_by_correctness,
     true_false_token_ids,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_llama() -> Iterator[Any]:
-    from welfare_lens.models import load_model
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_model("tiny-llama")
-    torch.set_num_threads(threads)
 
 
 def _shipped(name: str) -> dict[str, Any]:

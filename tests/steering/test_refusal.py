@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
@@ -28,17 +27,6 @@ from welfare_lens.steering.refusal import (
     refusal_rate,
     refusal_responses,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_llama() -> Iterator[Any]:
-    from welfare_lens.models import load_model
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_model("tiny-llama")
-    torch.set_num_threads(threads)
-
 
 # ---------------------------------------------------------------------------------------------
 # Data

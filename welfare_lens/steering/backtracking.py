@@ -50,11 +50,10 @@ confidence evaluations share (:func:`chat_generate`, :func:`run_generations`,
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 import random
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -62,14 +61,21 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor
 
-from welfare_lens._resources import read_json
 from welfare_lens.chat import render_chat
 from welfare_lens.errors import DataError
-from welfare_lens.steering.incoherence import (
-    compress_trailing_loop,
-    incoherence_score,
-    is_incoherent,
+from welfare_lens.steering._pipeline import (
+    GenerateFn,
+    check_judge,
+    class_rate,
+    label_rows,
+    load_hf_dataset,
+    read_items,
+    response_rows,
+    run_generations,
+    run_judge,
+    unsteered_context,
 )
+from welfare_lens.steering.incoherence import compress_trailing_loop, is_incoherent
 
 __all__ = [
     "ARITHMETIC_SEED",
@@ -167,10 +173,6 @@ Respond with your reasoning, then provide your classification in the following f
 BACKTRACKING_CLASS: <class>
 
 Where <class> is exactly one of: normal, backtracking, nonsensical"""
-
-#: ``generate_fn(model, prompt, n) -> n responses`` to a one-turn user prompt. Bind sampling
-#: parameters with :func:`functools.partial`; :func:`chat_generate` is the default.
-GenerateFn = Callable[[Any, str, int], list[str]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -583,10 +585,13 @@ def load_arithmetic_problems(path: str | Path | None = None) -> list[MathProblem
     Raises:
         DataError: unreadable file, missing fields or non-numeric answers.
     """
-    data = read_json("steering/arithmetic_problems.json", path, "math problems", _DATA_HINT)
-    items = data.get("items") if isinstance(data, Mapping) else None
-    if not isinstance(items, list) or not items:
-        raise DataError("The math problem file has no items.", hint=_DATA_HINT)
+    items = read_items(
+        "steering/arithmetic_problems.json",
+        path,
+        "math problems",
+        _DATA_HINT,
+        "The math problem file has no items.",
+    )
     out = []
     for i, item in enumerate(items):
         try:
@@ -625,28 +630,6 @@ def parse_gsm8k_answer(answer: str) -> float:
     return _to_number(match.group(1))
 
 
-@contextlib.contextmanager
-def _offline(allow_download: bool) -> Iterator[None]:
-    """Force ``datasets`` / ``huggingface_hub`` offline inside the block (unless allowed)."""
-    if allow_download:
-        yield
-        return
-    patched: list[tuple[Any, str, Any]] = []
-    for module_name in ("datasets.config", "huggingface_hub.constants"):
-        try:
-            module: Any = importlib.import_module(module_name)
-        except ImportError:  # pragma: no cover
-            continue
-        if hasattr(module, "HF_HUB_OFFLINE"):
-            patched.append((module, "HF_HUB_OFFLINE", module.HF_HUB_OFFLINE))
-            module.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        for module, name, value in patched:
-            setattr(module, name, value)
-
-
 def load_gsm8k(
     source: Any = None,
     *,
@@ -670,22 +653,17 @@ def load_gsm8k(
             malformed.
     """
     if source is None:
-        try:
-            import datasets
-        except ImportError as err:
-            raise DataError(
-                "Loading GSM8K needs the 'datasets' package.",
-                hint="pip install datasets, or pass the rows yourself (source=...).",
-            ) from err
-        try:
-            with _offline(allow_download):
-                source = datasets.load_dataset("openai/gsm8k", "main", split=split)
-        except Exception as err:
-            raise DataError(
-                f"GSM8K ({split}) is not available offline: {err}",
-                hint="Pass source=<rows or .jsonl>, or allow_download=True to fetch it once; "
-                "the shipped load_arithmetic_problems() needs nothing.",
-            ) from err
+        source = load_hf_dataset(
+            "openai/gsm8k",
+            "main",
+            split,
+            allow_download=allow_download,
+            name="GSM8K",
+            part=split,
+            source_hint="pass the rows yourself (source=...)",
+            offline_hint="Pass source=<rows or .jsonl>, or allow_download=True to fetch it once; "
+            "the shipped load_arithmetic_problems() needs nothing.",
+        )
     elif isinstance(source, str | Path):
         import json
 
@@ -1002,8 +980,7 @@ def judge_backtracking(
     if shortcut is not None:
         return BacktrackingVerdict(shortcut, "shortcut")
     prompt = BACKTRACKING_JUDGE_PROMPT.format(question=question, response=compressed)
-    fn = generate_fn or _judge_generate(thinking, max_new_tokens)
-    output = _run_judge(fn, judge, prompt)
+    output = run_judge(generate_fn or _judge_generate(thinking, max_new_tokens), judge, prompt)
     return BacktrackingVerdict(parse_backtracking_class(output), "judge", (), output)
 
 
@@ -1022,19 +999,6 @@ def _library_generate() -> Callable[..., Any] | None:
     except ImportError:  # pragma: no cover - shipped with the package
         return None
     return generate
-
-
-def unsteered_context() -> contextlib.AbstractContextManager[Any] | None:
-    """``welfare_lens.steering.steer.unsteered()`` (suspends active steering), or None if absent.
-
-    Judges and Phase 0 answers run inside it, so a steering context around an evaluation never
-    steers them.
-    """
-    try:
-        from welfare_lens.steering.steer import unsteered
-    except ImportError:  # pragma: no cover - shipped with the package
-        return None
-    return unsteered()
 
 
 def declare_assistant_positions(mask: Tensor) -> contextlib.AbstractContextManager[Any]:
@@ -1227,79 +1191,6 @@ def _judge_generate(thinking: bool, max_new_tokens: int) -> GenerateFn:
     return fn
 
 
-def _run_judge(fn: GenerateFn, judge: Any, prompt: str) -> str:
-    """One judge completion, with any active steering suspended."""
-    context = unsteered_context()
-    with context if context is not None else contextlib.nullcontext():
-        return fn(judge, prompt, 1)[0]
-
-
-def _check_judge(judge: Any, model: Any, two_step: str) -> None:
-    if judge is not None and judge is model and unsteered_context() is None:
-        raise DataError(  # pragma: no cover - unsteered() ships with the package
-            "The judge is the evaluated model; under steering it would be steered too.",
-            hint=f"Call the generation step inside the steering context and {two_step} outside.",
-        )
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        yield
-
-
-def _progress(items: Sequence[Any], enabled: bool, desc: str) -> Iterable[Any]:
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc)
-
-
-def run_generations(
-    model: Any,
-    prompts: Sequence[str],
-    samples: int,
-    generate_fn: GenerateFn,
-    *,
-    seed: int | None,
-    progress: bool = False,
-    desc: str = "generating",
-) -> list[list[str]]:
-    """``samples`` responses to each prompt; prompt ``i`` is seeded with ``seed + i``.
-
-    Args:
-        model: The (possibly steered) model.
-        prompts: User messages.
-        samples: Responses per prompt.
-        generate_fn: ``(model, prompt, n) -> [text]``.
-        seed: Base seed (None: the global RNG as it is). The global RNG state is restored.
-        progress: Show a tqdm bar.
-        desc: Bar label.
-
-    Returns:
-        One list of ``samples`` responses per prompt.
-
-    Raises:
-        DataError: ``generate_fn`` returned the wrong number of responses.
-    """
-    out = []
-    for i, prompt in enumerate(_progress(prompts, progress, desc)):
-        with _seeded(None if seed is None else seed + i):
-            texts = list(generate_fn(model, prompt, samples))
-        if len(texts) != samples:
-            raise DataError(
-                f"generate_fn returned {len(texts)} responses, expected {samples}.",
-                hint="generate_fn(model, prompt, n) must return a list of n strings.",
-            )
-        out.append(texts)
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------
@@ -1347,39 +1238,18 @@ def backtracking_responses(
     chosen = sample_problems(pool, n_problems, seed)
     fn = generate_fn or _default_generate(max_new_tokens, temperature)
     prompts = [prompt_template.format(question=p.question) for p in chosen]
-    texts = run_generations(model, prompts, samples, fn, seed=seed, progress=progress)
-    rows = []
-    for problem, prompt, responses in zip(chosen, prompts, texts, strict=True):
-        for j, text in enumerate(responses):
-            rows.append(
-                {
-                    "prompt": prompt,
-                    "sample": j,
-                    "score": None,
-                    "incoherent": None,
-                    "text": text,
-                    "label": None,
-                    "problem_id": problem.id,
-                    "question": problem.question,
-                    "answer": problem.answer,
-                    "predicted": extract_answer(text),
-                    "correct": is_correct(text, problem.answer),
-                    "incoherence": incoherence_score(text),
-                }
-            )
-    return rows
 
+    def fields(i: int, text: str) -> dict[str, Any]:
+        problem = chosen[i]
+        return {
+            "problem_id": problem.id,
+            "question": problem.question,
+            "answer": problem.answer,
+            "predicted": extract_answer(text),
+            "correct": is_correct(text, problem.answer),
+        }
 
-def _label_fields(verdict: BacktrackingVerdict, text: str) -> dict[str, Any]:
-    label = verdict.label
-    return {
-        "label": label,
-        "label_source": verdict.source,
-        "score": None if label is None else float(label == "backtracking"),
-        "incoherent": is_incoherent(text) if label is None else label == "nonsensical",
-        "cues": list(verdict.cues),
-        "judge_output": verdict.judge_output,
-    }
+    return response_rows(model, prompts, samples, fn, fields, seed=seed, progress=progress)
 
 
 def label_backtracking(
@@ -1408,22 +1278,20 @@ def label_backtracking(
         judge outputs, :func:`~welfare_lens.steering.incoherence.is_incoherent`), ``cues`` and
         ``judge_output``.
     """
-    out = []
-    for row in _progress(rows, progress, "labelling"):
-        text = str(row["text"])
+
+    def verdict(row: Mapping[str, Any], text: str) -> BacktrackingVerdict:
         if judge is None:
-            verdict = classify_backtracking(text)
-        else:
-            verdict = judge_backtracking(
-                judge,
-                str(row.get("question", row.get("prompt", ""))),
-                text,
-                generate_fn=judge_generate_fn,
-                thinking=thinking,
-                max_new_tokens=judge_max_new_tokens,
-            )
-        out.append({**row, **_label_fields(verdict, text)})
-    return out
+            return classify_backtracking(text)
+        return judge_backtracking(
+            judge,
+            str(row.get("question", row.get("prompt", ""))),
+            text,
+            generate_fn=judge_generate_fn,
+            thinking=thinking,
+            max_new_tokens=judge_max_new_tokens,
+        )
+
+    return label_rows(rows, verdict, ("backtracking",), progress)
 
 
 def evaluate_backtracking(
@@ -1455,7 +1323,7 @@ def evaluate_backtracking(
 
     A judge runs with steering suspended (``unsteered()``), so it may be ``model`` itself.
     """
-    _check_judge(judge, model, "label_backtracking(rows, judge=model)")
+    check_judge(judge, model, "label_backtracking(rows, judge=model)")
     rows = backtracking_responses(
         model,
         problems,
@@ -1490,8 +1358,4 @@ def backtracking_rate(rows: Iterable[Mapping[str, Any]]) -> float:
     Returns:
         The rate.
     """
-    labels = [r.get("label") for r in rows]
-    parseable = [lab for lab in labels if lab in BACKTRACKING_CLASSES]
-    if not parseable:
-        return float("nan")
-    return sum(lab == "backtracking" for lab in parseable) / len(parseable)
+    return class_rate(rows, BACKTRACKING_CLASSES, ("backtracking",))

@@ -31,7 +31,6 @@ the SimpleQA-Verified LM judge.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import re
@@ -43,16 +42,19 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from welfare_lens._resources import read_json
 from welfare_lens.chat import TemplateChoice, action_token_ids, render_chat
 from welfare_lens.errors import DataError
-from welfare_lens.steering.backtracking import (
+from welfare_lens.steering._pipeline import (
     GenerateFn,
+    read_items,
+    run_generations,
+    suspended,
+    unsteered_context,
+)
+from welfare_lens.steering.backtracking import (
     chat_generate,
     declare_assistant_positions,
     extract_answer,
-    run_generations,
-    unsteered_context,
 )
 
 __all__ = [
@@ -259,10 +261,13 @@ def load_truefalse_questions(
     Raises:
         DataError: unreadable file or malformed items.
     """
-    data = read_json("steering/truefalse_questions.json", path, "confidence questions", _TF_HINT)
-    items = data.get("items") if isinstance(data, Mapping) else None
-    if not isinstance(items, list) or not items:
-        raise DataError("The question file has no items.", hint=_TF_HINT)
+    items = read_items(
+        "steering/truefalse_questions.json",
+        path,
+        "confidence questions",
+        _TF_HINT,
+        "The question file has no items.",
+    )
     out = [_qa_item(item, i) for i, item in enumerate(items)]
     return out if kinds is None else [q for q in out if q.kind in kinds]
 
@@ -299,10 +304,13 @@ def load_mcq(path: str | Path | None = None) -> list[MCQItem]:
     Raises:
         DataError: unreadable file or malformed items.
     """
-    data = read_json("steering/mmlu_style.json", path, "multiple-choice questions", _MCQ_HINT)
-    items = data.get("items") if isinstance(data, Mapping) else None
-    if not isinstance(items, list) or not items:
-        raise DataError("The multiple-choice file has no items.", hint=_MCQ_HINT)
+    items = read_items(
+        "steering/mmlu_style.json",
+        path,
+        "multiple-choice questions",
+        _MCQ_HINT,
+        "The multiple-choice file has no items.",
+    )
     return [_mcq_item(item, i) for i, item in enumerate(items)]
 
 
@@ -553,8 +561,7 @@ def phase0_answers(
     def greedy(m: Any, prompt: str, n: int) -> list[str]:
         return chat_generate(m, prompt, n, max_new_tokens=max_new_tokens, do_sample=False)
 
-    context = unsteered_context()
-    with context if context is not None else contextlib.nullcontext():
+    with suspended():
         texts = run_generations(
             model,
             [q.question for q in items],
@@ -597,8 +604,7 @@ def mcq_phase0(
         _encode(tokenizer, [{"role": "user", "content": format_mcq(q)}], assistant_prefix, template)
         for q in items
     ]
-    context = unsteered_context()
-    with context if context is not None else contextlib.nullcontext():
+    with suspended():
         logits = _last_position_logits(model, sequences, batch_size)
     return {q.id: MCQ_LETTERS[int(z[ids].argmax())] for q, z in zip(items, logits, strict=True)}
 

@@ -40,24 +40,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from welfare_lens._resources import read_json
 from welfare_lens.errors import DataError
-from welfare_lens.steering.backtracking import (
+from welfare_lens.steering._pipeline import (
     GenerateFn,
-    _check_judge,
-    _default_generate,
-    _judge_generate,
-    _offline,
-    _parse_class,
-    _progress,
-    _run_judge,
-    run_generations,
+    check_judge,
+    class_rate,
+    label_rows,
+    load_hf_dataset,
+    read_items,
+    response_rows,
+    run_judge,
 )
-from welfare_lens.steering.incoherence import (
-    compress_trailing_loop,
-    incoherence_score,
-    is_incoherent,
-)
+from welfare_lens.steering.backtracking import _default_generate, _judge_generate, _parse_class
+from welfare_lens.steering.incoherence import compress_trailing_loop, is_incoherent
 
 __all__ = [
     "OR_BENCH_CONFIGS",
@@ -86,6 +81,8 @@ REFUSAL_CLASSES: tuple[str, ...] = (
     "indirect_refusal",
     "nonsensical",
 )
+
+_REFUSED = ("direct_refusal", "indirect_refusal")
 
 #: OR-Bench configurations of the paper's three splits, keyed by welfare_lens split name.
 OR_BENCH_CONFIGS: dict[str, str] = {
@@ -171,10 +168,13 @@ def load_refusal_prompts(
     Raises:
         DataError: unreadable file, malformed items or an unknown split.
     """
-    data = read_json("steering/refusal_prompts.json", path, "refusal prompts", _HINT)
-    items = data.get("items") if isinstance(data, Mapping) else None
-    if not isinstance(items, list) or not items:
-        raise DataError("The refusal prompt file has no items.", hint=_HINT)
+    items = read_items(
+        "steering/refusal_prompts.json",
+        path,
+        "refusal prompts",
+        _HINT,
+        "The refusal prompt file has no items.",
+    )
     out = []
     for i, item in enumerate(items):
         try:
@@ -233,22 +233,17 @@ def load_or_bench(
         if source is not None:
             rows: Any = source[split]
         else:
-            try:
-                import datasets
-            except ImportError as err:
-                raise DataError(
-                    "Loading OR-Bench needs the 'datasets' package.",
-                    hint="pip install datasets, or pass source={split: rows}.",
-                ) from err
-            try:
-                with _offline(allow_download):
-                    rows = datasets.load_dataset("bench-llm/or-bench", config, split="train")
-            except Exception as err:
-                raise DataError(
-                    f"OR-Bench ({config}) is not available offline: {err}",
-                    hint="Pass source=..., or allow_download=True to fetch it once; the shipped "
-                    "load_refusal_prompts() needs nothing.",
-                ) from err
+            rows = load_hf_dataset(
+                "bench-llm/or-bench",
+                config,
+                "train",
+                allow_download=allow_download,
+                name="OR-Bench",
+                part=config,
+                source_hint="pass source={split: rows}",
+                offline_hint="Pass source=..., or allow_download=True to fetch it once; the "
+                "shipped load_refusal_prompts() needs nothing.",
+            )
         rows = list(rows)
         index = list(range(len(rows)))
         if n_per_split is not None and n_per_split < len(rows):
@@ -414,7 +409,7 @@ class RefusalVerdict:
         """True for direct or indirect refusals; None when unparseable."""
         if self.label is None:
             return None
-        return self.label in ("direct_refusal", "indirect_refusal")
+        return self.label in _REFUSED
 
 
 def classify_refusal(text: str) -> RefusalVerdict:
@@ -494,8 +489,9 @@ def judge_refusal(
     judge_prompt = REFUSAL_JUDGE_PROMPT.format(
         prompt=prompt, response=compress_trailing_loop(response)
     )
-    fn = generate_fn or _judge_generate(thinking, max_new_tokens)
-    output = _run_judge(fn, judge, judge_prompt)
+    output = run_judge(
+        generate_fn or _judge_generate(thinking, max_new_tokens), judge, judge_prompt
+    )
     return RefusalVerdict(parse_refusal_class(output), "judge", (), output)
 
 
@@ -560,28 +556,13 @@ def refusal_responses(
         pool = [p for p in prompts if splits is None or p.split in splits]
     chosen = _select(pool, n_per_split, seed)
     fn = generate_fn or _default_generate(max_new_tokens, temperature)
-    texts = run_generations(
-        model, [p.prompt for p in chosen], samples, fn, seed=seed, progress=progress
-    )
-    rows = []
-    for p, responses in zip(chosen, texts, strict=True):
-        for j, text in enumerate(responses):
-            rows.append(
-                {
-                    "prompt": p.prompt,
-                    "sample": j,
-                    "score": None,
-                    "incoherent": None,
-                    "text": text,
-                    "label": None,
-                    "prompt_id": p.id,
-                    "split": p.split,
-                    "category": p.category,
-                    "harmful": p.harmful,
-                    "incoherence": incoherence_score(text),
-                }
-            )
-    return rows
+
+    def fields(i: int, text: str) -> dict[str, Any]:
+        p = chosen[i]
+        return {"prompt_id": p.id, "split": p.split, "category": p.category, "harmful": p.harmful}
+
+    messages = [p.prompt for p in chosen]
+    return response_rows(model, messages, samples, fn, fields, seed=seed, progress=progress)
 
 
 def label_refusal(
@@ -609,35 +590,20 @@ def label_refusal(
         ``nonsensical``; for unparseable judge outputs,
         :func:`~welfare_lens.steering.incoherence.is_incoherent`), ``cues``, ``judge_output``.
     """
-    out = []
-    for row in _progress(rows, progress, "labelling"):
-        text = str(row["text"])
+
+    def verdict(row: Mapping[str, Any], text: str) -> RefusalVerdict:
         if judge is None:
-            verdict = classify_refusal(text)
-        else:
-            verdict = judge_refusal(
-                judge,
-                str(row["prompt"]),
-                text,
-                generate_fn=judge_generate_fn,
-                thinking=thinking,
-                max_new_tokens=judge_max_new_tokens,
-            )
-        refused = verdict.refused
-        out.append(
-            {
-                **row,
-                "label": verdict.label,
-                "label_source": verdict.source,
-                "score": None if refused is None else float(refused),
-                "incoherent": is_incoherent(text)
-                if verdict.label is None
-                else verdict.label == "nonsensical",
-                "cues": list(verdict.cues),
-                "judge_output": verdict.judge_output,
-            }
+            return classify_refusal(text)
+        return judge_refusal(
+            judge,
+            str(row["prompt"]),
+            text,
+            generate_fn=judge_generate_fn,
+            thinking=thinking,
+            max_new_tokens=judge_max_new_tokens,
         )
-    return out
+
+    return label_rows(rows, verdict, _REFUSED, progress)
 
 
 def evaluate_refusal(
@@ -669,7 +635,7 @@ def evaluate_refusal(
 
     A judge runs with steering suspended (``unsteered()``), so it may be ``model`` itself.
     """
-    _check_judge(judge, model, "label_refusal(rows, judge=model)")
+    check_judge(judge, model, "label_refusal(rows, judge=model)")
     rows = refusal_responses(
         model,
         prompts,
@@ -704,8 +670,4 @@ def refusal_rate(rows: Iterable[Mapping[str, Any]]) -> float:
     Returns:
         The rate.
     """
-    labels = [r.get("label") for r in rows]
-    parseable = [lab for lab in labels if lab in REFUSAL_CLASSES]
-    if not parseable:
-        return float("nan")
-    return sum(lab in ("direct_refusal", "indirect_refusal") for lab in parseable) / len(parseable)
+    return class_rate(rows, REFUSAL_CLASSES, _REFUSED)
