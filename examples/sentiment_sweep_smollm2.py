@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 import welfare_lens as wl
+from welfare_lens.analysis.sentiment_vectors import final_token_activations
 from welfare_lens.steering import evaluate_sentiment, ols_slope, sentiment_prompts, sweep
 
 THINGS = ("book", "movie", "day at work", "meal", "city", "song", "holiday", "neighbour")
@@ -25,23 +26,13 @@ THINGS = ("book", "movie", "day at work", "meal", "city", "song", "holiday", "ne
 
 def prompt_vector(model: object, layer: int) -> torch.Tensor:
     """Mean over THINGS of resid(positive prompt) − resid(negative prompt) at the last token."""
-    diffs = []
-    for thing in THINGS:
-        acts = []
-        for polarity in ("positive", "negative"):
-            messages = [
-                {"role": "user", "content": f"Describe a {thing} using {polarity} sentiment."}
-            ]
-            rendered = wl.render_chat(model.tokenizer, messages, add_generation_prompt=True)  # type: ignore[attr-defined]
-            store: dict[str, torch.Tensor] = {}
-            with torch.no_grad():
-                model.run_with_hooks(  # type: ignore[attr-defined]
-                    rendered.input_ids[None],
-                    fwd_hooks=wl.capture_hooks([wl.hook_name(layer)], store, positions=-1),
-                )
-            acts.append(store[wl.hook_name(layer)][0])
-        diffs.append(acts[0] - acts[1])
-    return torch.stack(diffs).mean(0)
+    prompts = [
+        f"Describe a {thing} using {polarity} sentiment."
+        for thing in THINGS
+        for polarity in ("positive", "negative")
+    ]
+    acts = final_token_activations(model, prompts, layers=[layer], progress=False)[:, 0]
+    return (acts[0::2] - acts[1::2]).mean(0).float()
 
 
 def main() -> None:

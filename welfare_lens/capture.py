@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from welfare_lens.chat import RenderedChat, action_token_ids, pad_rendered, render_chat
 from welfare_lens.errors import DataError, ShapeError, TokenizationError, VectorError
 from welfare_lens.hooks import HookKind, capture_hooks, hook_name, n_layers, resolve_layers
+from welfare_lens.maze.config import Tile
 from welfare_lens.models import model_info
 from welfare_lens.vectors import ClassStatistics
 
@@ -199,7 +200,7 @@ def iter_activations(
         bar.close()
 
 
-_TILE_CLASSES = ("mold", "gold", "path")  # Tile.MOLD = 0, Tile.GOLD = 1, Tile.PATH = 2
+_TILE_CLASSES: tuple[str, ...] = tuple(tile.class_name for tile in Tile)
 
 
 def _crop_cache(past: Any, length: int) -> None:
@@ -302,7 +303,7 @@ def iter_branch_activations(
                 branch_dirs: list[str] = []
                 turn_start = len(rows)
                 for direction, tile in zip(("N", "E", "S", "W"), neighbours[turn], strict=True):
-                    label = _TILE_CLASSES[int(tile)]
+                    label = Tile(int(tile)).class_name
                     if label not in wanted or (
                         per_class is not None and counts[label] >= per_class
                     ):
