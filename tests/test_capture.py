@@ -200,3 +200,47 @@ def test_branch_capture_per_class_cap() -> None:
     assert stats.metadata.design == "branches"
     with pytest.raises(DataError, match="final move"):
         capture(model, walks, branches=True, position="assistant", progress=False)
+
+
+def _stats_pair(model: Any, items: Any, **kwargs: Any) -> tuple[Any, Any]:
+    shared = capture(model, items, progress=False, share_prefixes=True, **kwargs)
+    alone = capture(model, items, progress=False, share_prefixes=False, **kwargs)
+    return shared, alone
+
+
+def test_shared_prefix_capture_equals_independent(tiny_model: Any, one_thread: None) -> None:
+    # Shared-prefix trajectories: most samples continue another one's KV cache.
+    trajs = wl.maze.shared_prefix_trajectories(wl.maze.MazeConfig(size=30), per_class=6, seed=3)
+    shared, alone = _stats_pair(tiny_model, trajs)
+    assert shared.counts == alone.counts == {"mold": 6, "gold": 6, "path": 6}
+    torch.testing.assert_close(shared.sum, alone.sum, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(shared.m2, alone.m2, atol=1e-3, rtol=1e-4)
+    # A layer subset (the forward stops early, so upper layers have no cache) and another hook.
+    shared, alone = _stats_pair(tiny_model, trajs, layers=[0], hook="resid_pre")
+    torch.testing.assert_close(shared.sum, alone.sum, atol=1e-4, rtol=1e-5)
+
+
+def test_shared_prefix_multi_position_and_duplicates(tiny_model: Any, one_thread: None) -> None:
+    # Duplicated conversations and conversations that are prefixes of others; several positions.
+    items = _items(6)
+    items = [*items, items[0], (items[3][0][:2], "path", 7)]
+    for position in ("assistant", "user"):
+        got = list(iter_activations(tiny_model, items, position=position, progress=False))
+        ref = list(
+            iter_activations(
+                tiny_model, items, position=position, progress=False, share_prefixes=False
+            )
+        )
+        a = torch.cat([x for x, _, _ in got])
+        b = torch.cat([x for x, _, _ in ref])
+        assert a.shape == b.shape
+        # The two modes visit conversations in different orders: match rows by their sums.
+        ka, kb = a.sum(dim=(1, 2)).argsort(), b.sum(dim=(1, 2)).argsort()
+        torch.testing.assert_close(a[ka], b[kb], atol=1e-4, rtol=1e-5)
+
+
+def test_shared_prefixes_need_batch_size_one() -> None:
+    with pytest.raises(DataError, match="batch_size"):
+        list(
+            iter_activations(object(), _items(2), batch_size=2, share_prefixes=True, progress=False)
+        )

@@ -111,6 +111,7 @@ def iter_activations(
     template: Literal["auto", "model", "plain"] = "auto",
     progress: bool = True,
     description: str = "capture",
+    share_prefixes: bool | None = None,
 ) -> Iterator[tuple[Float[Tensor, "n layer d_model"], list[str], list[int]]]:
     """Yield activations at the selected positions, batch by batch.
 
@@ -132,6 +133,10 @@ def iter_activations(
         template: Chat template choice (see :func:`welfare_lens.chat.render_chat`).
         progress: Show a progress bar.
         description: Progress-bar label.
+        share_prefixes: Encode each distinct token prefix once (:func:`_iter_shared_prefixes`):
+            conversations are taken in token order and each continues the KV cache of the one
+            before as far as they agree. Exact (same activations as encoding each alone, to
+            float tolerance). Default: on when ``batch_size == 1``.
 
     Yields:
         ``(acts [n, n_selected_layers, d_model], labels, groups)`` per batch, on CPU, fp32 or
@@ -139,6 +144,12 @@ def iter_activations(
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}.", hint="Use e.g. 8.")
+    share = batch_size == 1 if share_prefixes is None else bool(share_prefixes)
+    if share and batch_size != 1:
+        raise DataError(
+            f"share_prefixes=True encodes one conversation at a time, but batch_size={batch_size}.",
+            hint="Use batch_size=1 with share_prefixes, or share_prefixes=False to batch.",
+        )
     total = n_layers(model)
     chosen = resolve_layers(layers, total)
     names = [hook_name(layer, hook) for layer in chosen]
@@ -163,6 +174,11 @@ def iter_activations(
     if not rendered:
         raise DataError("No trajectories to capture.", hint="Pass at least one.")
 
+    if share:
+        yield from _iter_shared_prefixes(
+            model, rendered, names, max(chosen) + 1, reduce, progress, description
+        )
+        return
     # Longest first: the first batch shows the peak memory at once, and padding stays small.
     order = sorted(range(len(rendered)), key=lambda i: -len(rendered[i][0]))
     bar = tqdm(total=len(order), desc=description, disable=not progress, unit="conv")
@@ -207,6 +223,82 @@ def _crop_cache(past: Any, length: int) -> None:
     remove = int(past.get_seq_length()) - length
     if remove > 0:
         past.crop(-remove)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _iter_shared_prefixes(
+    model: Any,
+    rendered: list[tuple[RenderedChat, Tensor, _Item]],
+    names: list[str],
+    stop_at_layer: int,
+    reduce: Literal["tokens", "mean"],
+    progress: bool,
+    description: str,
+    chunk: int = 32,
+) -> Iterator[tuple[Float[Tensor, "n layer d_model"], list[str], list[int]]]:
+    """One forward pass per distinct token prefix (issue: extraction near the compute limit).
+
+    Conversations are sorted by their token ids, so each shares the longest possible prefix
+    with the one before. The KV cache of the previous conversation is cropped back to that
+    shared prefix (never past the first position read, whose activation must be recomputed)
+    and only the rest is run. Causal attention makes this exact. A plain ``DynamicCache``
+    keeps every past state, also for sliding-window layers (Gemma 3), so it can be cropped
+    anywhere; masks still apply the window. The forward pass stops after the last block read,
+    so the unembedding is never computed.
+    """
+    from transformers import DynamicCache
+
+    device = getattr(getattr(model, "cfg", None), "device", None)
+    ids = [chat.input_ids.tolist() for chat, _, _ in rendered]
+    order = sorted(range(len(rendered)), key=lambda i: ids[i])
+    bar = tqdm(total=len(order), desc=description, disable=not progress, unit="conv")
+    past: Any = None
+    cached: list[int] = []
+    pieces: list[Tensor] = []
+    labels: list[str] = []
+    groups: list[int] = []
+    try:
+        for count, index in enumerate(order, start=1):
+            chat, mask, item = rendered[index]
+            selected = mask.nonzero().squeeze(1)
+            keep = min(_common_prefix(cached, ids[index]), int(selected[0]))
+            if past is None or keep == 0:
+                past, keep = DynamicCache(), 0
+            else:
+                _crop_cache(past, keep)
+            tokens = chat.input_ids[keep:].unsqueeze(0)
+            if device is not None:
+                tokens = tokens.to(device)
+            store: dict[str, Tensor] = {}
+            with torch.no_grad():
+                model.run_with_hooks(
+                    tokens,
+                    fwd_hooks=capture_hooks(names, store, positions=(selected - keep).tolist()),
+                    past_key_values=past,
+                    stop_at_layer=stop_at_layer,
+                    return_type=None,
+                )
+            cached = ids[index]
+            acts = torch.stack([store[name][0] for name in names], dim=1).cpu()  # [n_sel, L, d]
+            if reduce == "mean":
+                acts = acts.mean(dim=0, keepdim=True)
+            pieces.append(acts)
+            labels.extend([item.label] * acts.shape[0])
+            groups.extend([item.group] * acts.shape[0])
+            bar.update(1)
+            if len(pieces) >= chunk or count == len(order):
+                yield torch.cat(pieces), labels, groups
+                pieces, labels, groups = [], [], []
+    finally:
+        bar.close()
 
 
 def iter_branch_activations(
@@ -364,6 +456,7 @@ def capture(
     per_class: int | None = None,
     holdout: float = 0.0,
     holdout_seed: int = 0,
+    share_prefixes: bool | None = None,
 ) -> ClassStatistics:
     """Streaming per-class statistics of the residual stream (paper A4).
 
@@ -385,6 +478,9 @@ def capture(
         per_class: With ``branches``, the number of samples per class to collect.
         holdout, holdout_seed: Keep this fraction of groups (mazes) aside, per sample, for
             steering-layer selection (``stats.heldout``); they are not in the sums.
+        share_prefixes: Encode each distinct token prefix once (exact; default on when
+            ``batch_size == 1``): see :func:`iter_activations`. Trajectories from
+            :func:`welfare_lens.maze.shared_prefix_trajectories` share most of their tokens.
 
     Returns:
         The class statistics, with provenance (model id, hook, coordinate mode, position rule,
@@ -456,6 +552,7 @@ def capture(
             batch_size=batch_size,
             template=template,
             progress=progress,
+            share_prefixes=share_prefixes,
         )
     )
     for acts, labels, groups in batches:
@@ -496,6 +593,7 @@ def project(
     batch_size: int = 1,
     template: Literal["auto", "model", "plain"] = "auto",
     progress: bool = True,
+    share_prefixes: bool | None = None,
 ) -> Projections:
     """Project held-out samples onto per-layer vectors (input of steering-layer selection, A4).
 
@@ -503,7 +601,8 @@ def project(
         model: A TransformerLens model.
         trajectories: Held-out trajectories (never those the vectors were computed from).
         vectors: ``{name: [n_layers, d_model]}`` or a ``ConceptVectors`` (its named vectors).
-        position, layers, hook, batch_size, template, progress: See :func:`iter_activations`.
+        position, layers, hook, batch_size, template, progress, share_prefixes: See
+            :func:`iter_activations`.
 
     Returns:
         Per-sample dot products and cosines, ``[n_samples, n_layers]`` per vector.
@@ -547,6 +646,7 @@ def project(
         template=template,
         progress=progress,
         description="project",
+        share_prefixes=share_prefixes,
     ):
         a = acts.float()
         result.labels.extend(labels)

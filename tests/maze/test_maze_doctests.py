@@ -14,6 +14,7 @@ MODULES = [
     "welfare_lens.maze.generate",
     "welfare_lens.maze.policies",
     "welfare_lens.maze.render",
+    "welfare_lens.maze.shared_prefix",
     "welfare_lens.maze.trajectories",
 ]
 

@@ -58,6 +58,7 @@ from welfare_lens.maze.render import (
     render_user_message,
     wind_message,
 )
+from welfare_lens.maze.shared_prefix import shared_prefix_trajectories
 from welfare_lens.maze.trajectories import (
     PAPER_EXTRACTION_SEED,
     Trajectory,
@@ -110,6 +111,7 @@ __all__ = [
     "render_user_message",
     "render_window",
     "run_episode",
+    "shared_prefix_trajectories",
     "synthetic_trajectories",
     "wind_message",
 ]

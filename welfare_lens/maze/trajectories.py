@@ -314,6 +314,27 @@ def _check_classes(classes: Iterable[str]) -> tuple[TileName, ...]:
     return tuple(out)
 
 
+def _check_per_class(per_class: object) -> None:
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 0:
+        raise MazeConfigError(
+            f"per_class must be a non-negative integer, got {per_class!r}.",
+            hint="The paper uses per_class=5000.",
+        )
+
+
+def _check_lengths(lengths: Sequence[int] | None, turns: int) -> list[int]:
+    """The step counts to cycle through: ``1..turns`` by default, each checked."""
+    lens = list(lengths) if lengths is not None else list(range(1, turns + 1))
+    if not lens or any(
+        isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= turns for n in lens
+    ):
+        raise MazeConfigError(
+            f"lengths must be integers in 1..{turns} (cfg.turns), got {lens!r}.",
+            hint="Leave lengths=None for the paper's balance over 1..turns.",
+        )
+    return lens
+
+
 def synthetic_trajectories(
     cfg: MazeConfig | None = None,
     per_class: int = 5000,
@@ -356,24 +377,13 @@ def synthetic_trajectories(
     cfg = cfg if cfg is not None else MazeConfig()
     names = _check_classes(classes)
     base = check_seed(seed)
-    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 0:
-        raise MazeConfigError(
-            f"per_class must be a non-negative integer, got {per_class!r}.",
-            hint="The paper uses per_class=5000.",
-        )
+    _check_per_class(per_class)
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
         raise MazeConfigError(
             f"max_attempts must be a positive integer, got {max_attempts!r}.",
             hint="E.g. max_attempts=64.",
         )
-    lens = list(lengths) if lengths is not None else list(range(1, cfg.turns + 1))
-    if not lens or any(
-        isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= cfg.turns for n in lens
-    ):
-        raise MazeConfigError(
-            f"lengths must be integers in 1..{cfg.turns} (cfg.turns), got {lens!r}.",
-            hint="Leave lengths=None for the paper's balance over 1..turns.",
-        )
+    lens = _check_lengths(lengths, cfg.turns)
     ecfg = replace(
         cfg,
         melt=cfg.melt if melt is None else bool(melt),
