@@ -1,13 +1,23 @@
-"""The ``welfare-lens`` command line."""
+"""The ``welfare-lens`` command line: a demo, and the paper's pipeline stage by stage.
+
+welfare-lens reproduce --quick --out runs/quick     # every stage, minutes on a CPU
+welfare-lens train --out runs/full                  # one stage (then extract, analyze, ...)
+welfare-lens reproduce --config my.toml --set per_class=5000 --model gemma-3-270m
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+import tomllib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from welfare_lens.errors import WelfareLensError
+from welfare_lens.errors import ConfigError, WelfareLensError
+
+if TYPE_CHECKING:
+    from welfare_lens.pipeline import PipelineConfig
 
 __all__ = ["main"]
 
@@ -63,6 +73,41 @@ def _models(_: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> PipelineConfig:
+    from welfare_lens.pipeline import PipelineConfig
+
+    cfg = PipelineConfig.preset("quick" if args.quick else "full")
+    if args.config is not None:
+        cfg = PipelineConfig.from_toml(args.config, base=cfg)
+    changes: dict[str, object] = {}
+    if args.model is not None:
+        changes["model"] = args.model
+    if args.device is not None:
+        changes["device"] = args.device
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE.", hint="E.g. --set per_class=500.")
+        try:
+            changes[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            changes[key] = value
+    return cfg.updated(changes)
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from welfare_lens.pipeline import STAGES, run_pipeline, run_stage
+
+    cfg = _config(args)
+    if args.command == "reproduce":
+        start = time.perf_counter()
+        run_pipeline(cfg, args.out, STAGES, force=args.force)
+        print(f"reproduce finished in {time.perf_counter() - start:.0f} s: {args.out}/report.html")
+    else:
+        run_stage(args.command, cfg, args.out, force=args.force)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``welfare-lens``."""
     parser = argparse.ArgumentParser(prog="welfare-lens", description=__doc__)
@@ -75,6 +120,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     models = sub.add_parser("models", help="list the model keys load_model knows")
     models.set_defaults(func=_models)
+
+    helps = {
+        "train": "GRPO training in the maze (resumes from the latest checkpoint)",
+        "extract": "welfare vectors v (trained) and controls u (naive)",
+        "analyze": "antiparallelism, L*, logit lens, emotions, tracking",
+        "steer": "alpha sweeps of the behavioural evaluations with v and u",
+        "evaluate": "held-out maze returns of the naive and trained policies",
+        "report": "the self-contained HTML report and its JSON numbers",
+        "reproduce": "every stage in order; finished stages are skipped",
+    }
+    for name, text in helps.items():
+        stage = sub.add_parser(name, help=text)
+        stage.add_argument("--out", default="runs/reproduce", help="output folder")
+        stage.add_argument("--model", default=None, help="model key (default SmolLM2)")
+        stage.add_argument("--device", default=None, help="torch device, e.g. cuda")
+        stage.add_argument("--config", default=None, help="TOML file of pipeline settings")
+        stage.add_argument("--quick", action="store_true", help="a run of minutes")
+        stage.add_argument("--set", action="append", metavar="KEY=VALUE", help="one setting")
+        stage.add_argument("--force", action="store_true", help="rerun finished stages")
+        stage.set_defaults(func=_stage)
 
     args = parser.parse_args(argv)
     try:

@@ -51,3 +51,7 @@ class DataError(WelfareLensError, ValueError):
 
 class TrainingError(WelfareLensError, RuntimeError):
     """A training run cannot continue (no signal, incompatible checkpoint, ...)."""
+
+
+class ConfigError(WelfareLensError, ValueError):
+    """A pipeline setting or config file is invalid (unknown key, bad value, unreadable TOML)."""

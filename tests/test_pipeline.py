@@ -1,0 +1,89 @@
+"""The pipeline stages and the CLI on a tiny model: outputs on disk, resumable, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from welfare_lens.cli import main
+from welfare_lens.errors import ConfigError
+from welfare_lens.pipeline import STAGES, PipelineConfig, run_stage
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("reproduce")
+    try:
+        code = main(["reproduce", "--quick", "--model", "tiny-llama", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    return out
+
+
+def test_reproduce_writes_every_stage(quick_run: Path) -> None:
+    for stage in STAGES:
+        done = json.loads((quick_run / stage / "done.json").read_text())
+        assert done["stage"] == stage and done["seconds"] >= 0
+        assert done["config"]["model"] == "tiny-llama"
+    assert (quick_run / "extract" / "v.safetensors").exists()
+    assert (quick_run / "extract" / "u.safetensors").exists()
+    analysis = json.loads((quick_run / "analyze" / "analysis.json").read_text())
+    n_layers = len(analysis["antiparallelism"]["trained"]["per_layer"])
+    for tag in ("v", "u"):
+        for concept in ("mold", "gold"):
+            assert 0 <= analysis["l_star"][tag][concept] < n_layers
+    steer = json.loads((quick_run / "steer" / "steer.json").read_text())
+    for evaluation in ("sentiment", "confidence", "refusal", "backtracking"):
+        vectors = {row["vector"] for row in steer[evaluation]["slopes"]}
+        assert vectors == {"v_mold", "v_gold", "u_mold", "u_gold"}
+    evaluate = json.loads((quick_run / "evaluate" / "evaluate.json").read_text())
+    assert set(evaluate) == {"untrained", "trained"}
+    assert evaluate["trained"]["n_mazes"] == 6
+
+
+def test_finished_stages_are_skipped(quick_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (quick_run / "analyze" / "analysis.json").stat().st_mtime_ns
+    cfg = PipelineConfig.preset("quick", model="tiny-llama")
+    summary = run_stage("analyze", cfg, quick_run)
+    assert "skipped" in capsys.readouterr().out
+    assert summary["stage"] == "analyze"
+    assert (quick_run / "analyze" / "analysis.json").stat().st_mtime_ns == before
+
+
+def test_config_sources_and_errors(tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text('[pipeline]\nper_class = 123\nalphas = [-2, 0, 2]\nmodel = "tiny-qwen3"\n')
+    cfg = PipelineConfig.from_toml(toml, base=PipelineConfig.preset("quick"))
+    assert (cfg.per_class, cfg.alphas, cfg.model) == (123, (-2, 0, 2), "tiny-qwen3")
+    assert cfg.eval_mazes == PipelineConfig.preset("quick").eval_mazes
+    toml.write_text("per_clas = 5\n")
+    with pytest.raises(ConfigError, match="per_clas"):
+        PipelineConfig.from_toml(toml)
+    toml.write_text("per_class = [\n")
+    with pytest.raises(ConfigError, match="Cannot read"):
+        PipelineConfig.from_toml(toml)
+    with pytest.raises(ConfigError, match="evaluation"):
+        PipelineConfig(evaluations=("sentiment", "vibes"))
+    with pytest.raises(ConfigError, match="per_class"):
+        PipelineConfig(per_class=-5)
+    with pytest.raises(ConfigError, match="preset"):
+        PipelineConfig.preset("huge")
+
+
+def test_cli_reports_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["extract", "--out", str(tmp_path), "--set", "per_class"])
+    assert code == 2 and "KEY=VALUE" in capsys.readouterr().err
+    code = main(["extract", "--out", str(tmp_path), "--set", "nonsense=3"])
+    assert code == 2 and "nonsense" in capsys.readouterr().err
+    # A stage whose inputs are missing names the stage to run first.
+    code = main(["steer", "--quick", "--model", "tiny-llama", "--out", str(tmp_path)])
+    err: Any = capsys.readouterr().err
+    assert code == 2 and "analysis.json" in err

@@ -1,0 +1,569 @@
+"""The paper's whole pipeline as resumable stages with their outputs on disk.
+
+``train`` (GRPO in the maze, §2) → ``extract`` (welfare vectors v of the trained model and
+controls u of the naive one, A4) → ``analyze`` (antiparallelism, L*, logit lens, emotions,
+tracking; §3, §5) → ``steer`` (α sweeps of the behavioural evaluations, §4) → ``evaluate``
+(held-out maze returns of the naive and trained policies) → ``report`` (one HTML file).
+
+Every stage writes under ``out/<stage>/`` and ends by writing ``out/<stage>/done.json``; a
+finished stage is skipped when run again, and an interrupted one resumes where its own
+mechanism allows (training from its latest checkpoint, sweeps per condition). Nothing is
+downloaded: models come from :func:`welfare_lens.load_model`.
+
+Example:
+    >>> cfg = PipelineConfig.preset("quick", model="tiny-llama")  # doctest: +SKIP
+    >>> run_pipeline(cfg, "runs/quick")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from welfare_lens.errors import ConfigError, DataError
+
+__all__ = ["STAGES", "PipelineConfig", "run_pipeline", "run_stage"]
+
+STAGES: tuple[str, ...] = ("train", "extract", "analyze", "steer", "evaluate", "report")
+EVALUATIONS: tuple[str, ...] = ("sentiment", "confidence", "refusal", "backtracking")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Settings of a pipeline run; ``preset("quick")`` for minutes, ``preset("full")`` for hours.
+
+    Attributes:
+        model: A :func:`welfare_lens.load_model` key.
+        device: Torch device (default: the model's).
+        seed: Global seed.
+        prompt_format: Maze user-turn format for training and extraction (``"compact"`` is the
+            one the bundled 135M-270M models learn on a CPU; ``"paper"`` is the paper's).
+        turns: Maze turns per episode (paper: 15).
+        train_steps: GRPO steps.
+        mazes_per_step, episodes_per_maze, micro_batch_size, lr: GRPO settings (A3).
+        per_class: Extraction samples per class (paper: 5,000), shared-prefix design.
+        holdout: Fraction of mazes kept aside for the steering-layer selection (A4).
+        tracking_per_class: Fresh trajectories per class for tracking (A8).
+        stories_per_emotion: Stories per emotion for the emotion vectors (None: all).
+        evaluations: Behavioural evaluations swept in ``steer``.
+        alphas: Steering coefficients (paper: −4, −2, 0, 2, 4).
+        eval_items: Prompts / problems / questions per evaluation.
+        eval_samples: Samples per prompt.
+        max_new_tokens: Generation length in the evaluations.
+        eval_mazes: Held-out mazes in ``evaluate``.
+    """
+
+    model: str = "smollm2-135m-instruct"
+    device: str | None = None
+    seed: int = 0
+    prompt_format: str = "compact"
+    turns: int = 15
+    train_steps: int = 40
+    mazes_per_step: int = 2
+    episodes_per_maze: int = 8
+    micro_batch_size: int = 2
+    lr: float = 3e-4
+    per_class: int = 2000
+    holdout: float = 0.1
+    tracking_per_class: int = 100
+    stories_per_emotion: int | None = None
+    evaluations: tuple[str, ...] = EVALUATIONS
+    alphas: tuple[float, ...] = (-4.0, -2.0, 0.0, 2.0, 4.0)
+    eval_items: int = 10
+    eval_samples: int = 2
+    max_new_tokens: int = 48
+    eval_mazes: int = 100
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [e for e in self.evaluations if e not in EVALUATIONS]
+        if unknown:
+            raise ConfigError(
+                f"Unknown evaluation(s) {unknown}.", hint=f"Choose from {EVALUATIONS}."
+            )
+        for name in ("train_steps", "per_class", "eval_items", "eval_samples", "eval_mazes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(
+                    f"{name} must be a non-negative integer, got {value!r}.",
+                    hint="Fix the value in the TOML file or on the command line.",
+                )
+        if not 0.0 < self.holdout < 1.0:
+            raise ConfigError(
+                f"holdout must lie in (0, 1), got {self.holdout}.",
+                hint="The steering-layer selection needs held-out mazes, e.g. 0.1.",
+            )
+
+    @classmethod
+    def preset(cls, name: str = "full", **overrides: Any) -> PipelineConfig:
+        """``"full"``: the CPU-hours defaults; ``"quick"``: a run of minutes (smoke scale)."""
+        if name == "full":
+            return cls(**overrides)
+        if name == "quick":
+            quick: dict[str, Any] = {
+                "train_steps": 2,
+                "mazes_per_step": 2,
+                "episodes_per_maze": 4,
+                "per_class": 60,
+                "holdout": 0.25,
+                "tracking_per_class": 12,
+                "stories_per_emotion": 2,
+                "alphas": (-4.0, 0.0, 4.0),
+                "eval_items": 2,
+                "eval_samples": 1,
+                "max_new_tokens": 16,
+                "eval_mazes": 6,
+            }
+            quick.update(overrides)
+            return cls(**quick)
+        raise ConfigError(f"Unknown preset {name!r}.", hint="Use 'quick' or 'full'.")
+
+    @classmethod
+    def from_toml(cls, path: str | Path, base: PipelineConfig | None = None) -> PipelineConfig:
+        """Read settings from a TOML file (top-level keys, or a ``[pipeline]`` table)."""
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(
+                f"Cannot read the config {path}: {err}.", hint="Pass a valid TOML file."
+            ) from err
+        data = data.get("pipeline", data)
+        return (base or cls()).updated(data)
+
+    def updated(self, changes: Mapping[str, Any]) -> PipelineConfig:
+        """A copy with ``changes`` applied; unknown keys are an error naming the valid ones."""
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ConfigError(
+                f"Unknown setting(s) {unknown}.", hint=f"Valid settings: {sorted(names)}."
+            )
+        clean: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()
+        }
+        return replace(self, **clean)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict."""
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=_json_default, allow_nan=False))
+    tmp.replace(path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return np.asarray(value, dtype=float).tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return str(value)
+
+
+def _finite(data: Any) -> Any:
+    """NaN and inf to None, recursively (JSON has neither)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise DataError(
+            f"{path} is missing.", hint="Run the stage that writes it first (or `reproduce`)."
+        ) from err
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{path} is corrupt: {err}.", hint="Delete it and run its stage again."
+        ) from err
+
+
+class _Models:
+    """Loads each model once per process: the naive one and the trained one."""
+
+    def __init__(self, cfg: PipelineConfig, out: Path) -> None:
+        self.cfg, self.out = cfg, out
+        self._naive: Any = None
+        self._trained: Any = None
+
+    def naive(self) -> Any:
+        if self._naive is None:
+            from welfare_lens.models import load_model
+
+            self._naive = load_model(self.cfg.model, device=self.cfg.device)
+        return self._naive
+
+    def fresh(self) -> Any:
+        from welfare_lens.models import load_model
+
+        return load_model(self.cfg.model, device=self.cfg.device)
+
+    def trained(self) -> Any:
+        if self._trained is None:
+            from welfare_lens.rl.checkpoint import latest_checkpoint, load_checkpoint
+
+            ckpt = latest_checkpoint(self.out / "train")
+            if ckpt is None:
+                raise DataError(
+                    f"No training checkpoint under {self.out / 'train'}.",
+                    hint="Run the train stage first.",
+                )
+            self._trained = load_checkpoint(ckpt, self.fresh())
+        return self._trained
+
+
+def _maze_cfg(cfg: PipelineConfig) -> Any:
+    from welfare_lens.maze import MazeConfig
+
+    return MazeConfig(prompt_format=cfg.prompt_format, turns=cfg.turns)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- stages
+
+
+def _train(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
+    from welfare_lens.rl import GRPOConfig, GRPOTrainer
+    from welfare_lens.rl.checkpoint import latest_checkpoint
+
+    folder = out / "train"
+    ckpt = latest_checkpoint(folder)
+    if ckpt is not None:
+        trainer = GRPOTrainer.resume(ckpt, models.fresh())
+    else:
+        config = GRPOConfig(
+            lr=cfg.lr,
+            mazes_per_step=cfg.mazes_per_step,
+            episodes_per_maze=cfg.episodes_per_maze,
+            micro_batch_size=cfg.micro_batch_size,
+            schedule_steps=max(cfg.train_steps, 1),
+            seed=cfg.seed,
+            out_dir=str(folder),
+            checkpoint_every=5,
+            progress=False,
+        )
+        trainer = GRPOTrainer(models.fresh(), _maze_cfg(cfg), config)
+    start = time.perf_counter()
+    while trainer.global_step < cfg.train_steps:
+        metrics = trainer.step()
+        print(
+            f"train step {trainer.global_step}/{cfg.train_steps}: "
+            f"return {metrics['reward_mean']:+.2f}",
+            flush=True,
+        )
+    trainer.save_checkpoint()
+    return {"steps": trainer.global_step, "seconds": time.perf_counter() - start}
+
+
+def _extract(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
+    from welfare_lens.capture import capture
+    from welfare_lens.maze import shared_prefix_trajectories
+    from welfare_lens.vectors import welfare_vectors
+
+    folder = out / "extract"
+    trajs = shared_prefix_trajectories(_maze_cfg(cfg), per_class=cfg.per_class)
+    result: dict[str, Any] = {"samples": len(trajs), "design": "shared_prefix"}
+    for tag, get in (("u", models.naive), ("v", models.trained)):
+        if (folder / f"{tag}.safetensors").exists() and (
+            folder / f"stats_{tag}.safetensors"
+        ).exists():
+            continue
+        start = time.perf_counter()
+        stats = capture(get(), trajs, holdout=cfg.holdout, holdout_seed=cfg.seed)
+        stats.save(folder / f"stats_{tag}")
+        welfare_vectors(stats).save(folder / tag)
+        result[f"{tag}_seconds"] = time.perf_counter() - start
+    return result
+
+
+def _analyze(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
+    from welfare_lens.analysis import (
+        antiparallelism,
+        centred_class_mean_cosines,
+        emotion_alignment,
+        emotion_pca,
+        emotion_vectors,
+        load_emotions,
+        load_stories,
+        logit_lens_vectors,
+        select_steering_layer,
+    )
+    from welfare_lens.analysis.tracking import track_outcomes
+    from welfare_lens.maze import synthetic_trajectories
+    from welfare_lens.vectors import ClassStatistics, ConceptVectors
+
+    src = out / "extract"
+    vecs = {tag: ConceptVectors.load(src / tag) for tag in ("v", "u")}
+    stats = {tag: ClassStatistics.load(src / f"stats_{tag}") for tag in ("v", "u")}
+    result: dict[str, Any] = {}
+    l_star: dict[str, dict[str, int]] = {}
+    selection: dict[str, Any] = {}
+    for tag in ("v", "u"):
+        l_star[tag] = {}
+        for concept in ("mold", "gold"):
+            sel = select_steering_layer(vecs[tag], concept, stats[tag].heldout)
+            l_star[tag][concept] = sel.layer
+            selection[f"{tag}_{concept}"] = {
+                "layer": sel.layer,
+                "auroc": sel.auroc.tolist(),
+                "d": sel.d.tolist(),
+                "overlap": sel.overlap.tolist(),
+            }
+    result["l_star"] = l_star
+    result["selection"] = selection
+    layers = sorted({l_star["v"]["mold"], l_star["v"]["gold"]})
+    anti = antiparallelism(
+        vecs["v"], vecs["u"], layers, stats=stats["v"], control_stats=stats["u"], n_boot=200
+    )
+    result["antiparallelism"] = anti.to_dict()
+    result["centred_cosines"] = {
+        tag: centred_class_mean_cosines(stats[tag]).to_dict() for tag in ("v", "u")
+    }
+    result["logit_lens"] = {
+        tag: {
+            name: r.to_dict()
+            for name, r in logit_lens_vectors(
+                models.naive() if tag == "u" else models.trained(),
+                vecs[tag],
+                names=["mold", "gold"],
+                k=10,
+                norm="gain",
+            ).items()
+        }
+        for tag in ("v", "u")
+    }
+    stories = load_stories()
+    if cfg.stories_per_emotion is not None:
+        seen: dict[str, int] = {}
+        kept = []
+        for story in stories:
+            if seen.get(story.emotion, 0) < cfg.stories_per_emotion:
+                seen[story.emotion] = seen.get(story.emotion, 0) + 1
+                kept.append(story)
+        stories = kept
+    emotions = emotion_vectors(models.naive(), stories)
+    emotions.save(out / "analyze" / "emotions")
+    ratings = load_emotions()
+    result["emotion_pca"] = emotion_pca(emotions, ratings, v=vecs["v"]).to_dict()
+    align = emotion_alignment(vecs["v"], emotions, control=vecs["u"])
+    result["emotion_alignment"] = align.to_dict(points=True)
+    fresh = synthetic_trajectories(
+        _maze_cfg(cfg),
+        per_class=cfg.tracking_per_class,
+        seed=cfg.seed + 777_000,
+        classes=("mold", "gold"),
+    )
+    result["tracking"] = track_outcomes(
+        models.trained(), vecs["v"], fresh, l_star["v"]["gold"], names=["mold", "gold"]
+    ).to_dict()
+    return _finite(result)
+
+
+def _steer(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
+    from welfare_lens.steering import (
+        evaluate_backtracking,
+        evaluate_confidence,
+        evaluate_refusal,
+        evaluate_sentiment,
+        load_arithmetic_problems,
+        load_truefalse_questions,
+        sentiment_prompts,
+        slopes_by,
+        sweep,
+    )
+    from welfare_lens.vectors import ConceptVectors
+
+    folder = out / "steer"
+    analysis = _read_json(out / "analyze" / "analysis.json")
+    l_star = analysis["l_star"]["v"]
+    v = ConceptVectors.load(out / "extract" / "v")
+    u = ConceptVectors.load(out / "extract" / "u")
+    model = models.naive()
+    n, s, tokens = cfg.eval_items, cfg.eval_samples, cfg.max_new_tokens
+    evaluators: dict[str, Callable[[Any], Any]] = {
+        "sentiment": lambda m: evaluate_sentiment(
+            m, prompts=sentiment_prompts()[:n], samples=s, max_new_tokens=tokens, seed=cfg.seed
+        ),
+        "confidence": lambda m: evaluate_confidence(m, load_truefalse_questions()[: 5 * n]),
+        "refusal": lambda m: evaluate_refusal(
+            m, n_per_split=n, samples=s, max_new_tokens=tokens, seed=cfg.seed
+        ),
+        "backtracking": lambda m: evaluate_backtracking(
+            m,
+            load_arithmetic_problems()[:n],
+            n_problems=None,
+            samples=s,
+            max_new_tokens=tokens,
+            seed=cfg.seed,
+        ),
+    }
+    result: dict[str, Any] = {}
+    for evaluation in cfg.evaluations:
+        rows: list[dict[str, Any]] = []
+        for concept in ("mold", "gold"):
+            layer = int(l_star[concept])
+            vectors = {f"v_{concept}": v[concept], f"u_{concept}": u[concept]}
+            table = sweep(
+                model,
+                evaluators[evaluation],
+                vectors,
+                layers=[layer],
+                alphas=cfg.alphas,
+                out_path=folder / f"{evaluation}.jsonl",
+                norm_match_to={f"u_{concept}": v[concept]},
+                names=[f"u_{concept}"],
+                tag=f"{evaluation}-control",
+                progress=False,
+            )
+            rows.extend(table)
+            table = sweep(
+                model,
+                evaluators[evaluation],
+                {f"v_{concept}": v[concept]},
+                layers=[layer],
+                alphas=cfg.alphas,
+                out_path=folder / f"{evaluation}.jsonl",
+                tag=evaluation,
+                progress=False,
+            )
+            rows.extend(table)
+        result[evaluation] = {
+            "slopes": slopes_by(rows, by=("vector", "layer")),
+            "means": _means_by_alpha(rows),
+        }
+    return _finite(result)
+
+
+def _means_by_alpha(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    groups: dict[str, dict[float, list[float]]] = {}
+    for row in rows:
+        score = row.get("score")
+        if score is None or (isinstance(score, float) and math.isnan(score)):
+            continue
+        groups.setdefault(str(row["vector"]), {}).setdefault(float(row["alpha"]), []).append(
+            float(score)
+        )
+    return {
+        name: {str(a): float(np.mean(vals)) for a, vals in sorted(by_alpha.items())}
+        for name, by_alpha in groups.items()
+    }
+
+
+def _evaluate(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
+    from welfare_lens.rl import GRPOConfig
+
+    result: dict[str, Any] = {}
+    for tag, get in (("untrained", models.naive), ("trained", models.trained)):
+        evaluator = _PolicyEvaluator(get(), _maze_cfg(cfg), GRPOConfig(progress=False))
+        result[tag] = evaluator.run(cfg.eval_mazes)
+    return _finite(result)
+
+
+class _PolicyEvaluator:
+    """Held-out maze returns of a policy (the same mazes and seeds for every model)."""
+
+    def __init__(self, model: Any, maze_cfg: Any, config: Any) -> None:
+        self.model, self.maze_cfg, self.config = model, maze_cfg, config
+
+    def run(self, n_mazes: int, seed: int = 1_000_003) -> dict[str, Any]:
+        from welfare_lens.maze import MazeEnv
+        from welfare_lens.rl.rollout import rollout
+        from welfare_lens.rl.trainer import episode_metrics
+
+        envs = [MazeEnv(self.maze_cfg, seed + i) for i in range(n_mazes)]
+        episodes = rollout(self.model, envs, temperature=self.config.temperature, seed=seed)
+        metrics = episode_metrics(episodes, 1)
+        metrics["n_mazes"] = n_mazes
+        metrics["return_se"] = float(metrics["reward_std"]) / math.sqrt(max(n_mazes, 1))
+        return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
+
+
+def _report(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
+    from welfare_lens._pipeline_report import write_pipeline_report
+
+    path = write_pipeline_report(cfg, out)
+    return {"report": str(path)}
+
+
+_STAGE_FUNCS: dict[str, Callable[[PipelineConfig, Path, _Models], dict[str, Any]]] = {
+    "train": _train,
+    "extract": _extract,
+    "analyze": _analyze,
+    "steer": _steer,
+    "evaluate": _evaluate,
+    "report": _report,
+}
+_OUTPUT_NAMES = {"analyze": "analysis.json", "steer": "steer.json", "evaluate": "evaluate.json"}
+
+
+def run_stage(
+    stage: str,
+    cfg: PipelineConfig,
+    out: str | Path,
+    *,
+    force: bool = False,
+    models: _Models | None = None,
+) -> dict[str, Any]:
+    """Run one stage (skipped if ``out/<stage>/done.json`` exists, unless ``force``).
+
+    Returns:
+        The stage's summary (also in ``done.json``).
+    """
+    if stage not in _STAGE_FUNCS:
+        raise ConfigError(f"Unknown stage {stage!r}.", hint=f"Stages: {STAGES}.")
+    out = Path(out)
+    done = out / stage / "done.json"
+    if done.exists() and not force:
+        print(f"[{stage}] already done ({done}); skipped", flush=True)
+        return dict(_read_json(done))
+    if models is None:
+        models = _Models(cfg, out)
+    torch.manual_seed(cfg.seed)
+    print(f"[{stage}] running", flush=True)
+    start = time.perf_counter()
+    with torch.inference_mode(stage not in ("train",)):
+        result = _STAGE_FUNCS[stage](cfg, out, models)
+    if stage in _OUTPUT_NAMES:
+        _write_json(out / stage / _OUTPUT_NAMES[stage], result)
+    summary = {"stage": stage, "seconds": time.perf_counter() - start, "config": cfg.to_dict()}
+    summary.update({k: v for k, v in result.items() if not isinstance(v, dict)})
+    _write_json(done, summary)
+    print(f"[{stage}] done in {summary['seconds']:.0f} s", flush=True)
+    return summary
+
+
+def run_pipeline(
+    cfg: PipelineConfig, out: str | Path, stages: Sequence[str] = STAGES, *, force: bool = False
+) -> dict[str, Any]:
+    """Run the stages in order (finished ones are skipped); return their summaries."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", cfg.to_dict())
+    models = _Models(cfg, out)
+    return {stage: run_stage(stage, cfg, out, force=force, models=models) for stage in stages}
