@@ -5,6 +5,8 @@ On the same synthetic maze trajectories (paper design, lengths 1..15), prints to
   (b) Hugging Face forward with output_hidden_states=True, one conversation at a time,
   (c) wl.capture with batch_size 1 and (d) with batch_size 8,
   (e) wl.capture(branches=True) on Path walks: samples/s instead of tokens/s, against (c),
+  (f) tokens encoded per usable sample and seconds per 1,000 samples: the paper's independent
+      trajectories vs shared-prefix samples (wl.maze.shared_prefix_trajectories),
 and the ratios the issue asks for: (c)/(a) >= 2.0 and (c)/(b) >= 1.0.
 
     .venv/bin/python benchmarks/extract.py [--model smollm2-135m-instruct] [--n 24] [--walks 4]
@@ -18,6 +20,7 @@ import time
 import torch
 
 import welfare_lens as wl
+from welfare_lens.capture import _common_prefix
 
 
 def main() -> None:
@@ -25,6 +28,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--n", type=int, default=24, help="trajectories (a multiple of 3)")
     parser.add_argument("--walks", type=int, default=4, help="15-turn Path walks for (e)")
+    parser.add_argument("--shared", type=int, default=100, help="per class for (f)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     model = wl.load_model(args.model)
@@ -59,6 +63,10 @@ def main() -> None:
         "(c) wl.capture batch_size=1",
         lambda: wl.capture(model, trajs, batch_size=1, progress=False),
     )
+    t_ind = timed(
+        "(c') the same without prefix sharing",
+        lambda: wl.capture(model, trajs, share_prefixes=False, progress=False),
+    )
     t_c8 = timed(
         "(d) wl.capture batch_size=8",
         lambda: wl.capture(model, trajs, batch_size=8, progress=False),
@@ -81,6 +89,38 @@ def main() -> None:
     print(
         f"  samples/s, branching design:         {n_samples / seconds:7.2f}   "
         f"({n_samples / seconds / (len(trajs) / best):.1f}x the paper design)"
+    )
+    shared_prefix_line(model, trajs, t_ind, args.shared)
+
+
+def distinct_tokens(model: object, trajectories: list[object]) -> int:
+    """Tokens a prefix-sharing encoder runs: each conversation minus its overlap with the last."""
+    seqs = sorted(
+        wl.render_chat(model.tokenizer, t.messages).input_ids.tolist() for t in trajectories
+    )  # type: ignore[attr-defined]
+    total, previous = 0, []
+    for seq in seqs:
+        shared = _common_prefix(previous, seq)
+        total += len(seq) - min(shared, len(seq) - 1)
+        previous = seq
+    return total
+
+
+def shared_prefix_line(model: object, trajs: list[object], t_independent: float, n: int) -> None:
+    """(f) Independent trajectories vs shared-prefix samples: tokens and time per sample."""
+    shared = wl.maze.shared_prefix_trajectories(per_class=n)
+    start = time.perf_counter()
+    wl.capture(model, shared, progress=False)
+    t_shared = time.perf_counter() - start
+    tok_ind = sum(len(wl.render_chat(model.tokenizer, t.messages)) for t in trajs) / len(trajs)  # type: ignore[attr-defined]
+    tok_sh = distinct_tokens(model, shared) / len(shared)
+    per_ind = 1000 * t_independent / len(trajs)
+    per_sh = 1000 * t_shared / len(shared)
+    print(f"  (f) independent: {tok_ind:7.1f} tokens/sample, {per_ind:7.1f} s per 1,000 samples")
+    print(f"      shared-prefix: {tok_sh:7.1f} tokens/sample, {per_sh:7.1f} s per 1,000 samples")
+    print(
+        f"      ratio: {tok_ind / tok_sh:5.2f}x fewer tokens (target >= 5), "
+        f"{per_ind / per_sh:5.2f}x less time (target >= 4)"
     )
 
 

@@ -40,18 +40,29 @@ def main() -> None:
     parser.add_argument("--heldout-per-class", type=int, default=150)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--vectors", type=Path, default=None, help="use these u instead")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="a trained run (then v)")
+    parser.add_argument("--prompt-format", default="paper", choices=["paper", "compact"])
+    parser.add_argument("--control", type=Path, default=None, help="control u for v's analyses")
     args = parser.parse_args()
     out = args.out or Path("runs") / f"controls_{args.model}"
     out.mkdir(parents=True, exist_ok=True)
     torch.set_grad_enabled(False)
     model = wl.load_model(args.model)
-    report: dict[str, Any] = {"model": args.model}
+    if args.checkpoint is not None:
+        model = wl.rl.load_checkpoint(args.checkpoint, model)
+    control = wl.ConceptVectors.load(args.control) if args.control is not None else None
+    maze_cfg = wl.maze.MazeConfig(prompt_format=args.prompt_format)
+    report: dict[str, Any] = {
+        "model": args.model,
+        "checkpoint": str(args.checkpoint),
+        "prompt_format": args.prompt_format,
+    }
     clock = time.perf_counter()
 
     if args.vectors is not None:
         u = wl.ConceptVectors.load(args.vectors)
     else:
-        trajs = wl.maze.shared_prefix_trajectories(per_class=args.per_class)
+        trajs = wl.maze.shared_prefix_trajectories(maze_cfg, per_class=args.per_class)
         stats = wl.capture(model, trajs)
         stats.save(out / "stats")
         u = wl.welfare_vectors(stats)
@@ -59,7 +70,9 @@ def main() -> None:
         report["extraction"] = {"samples": len(trajs), "seconds": time.perf_counter() - clock}
     clock = time.perf_counter()
     # Held-out samples from other mazes (another seed) for L* (A4).
-    held = wl.maze.shared_prefix_trajectories(per_class=args.heldout_per_class, seed=990000)
+    held = wl.maze.shared_prefix_trajectories(
+        maze_cfg, per_class=args.heldout_per_class, seed=990000
+    )
     acts, labels = [], []
     for batch, batch_labels, _ in iter_activations(model, held):
         acts.append(batch)
@@ -77,7 +90,7 @@ def main() -> None:
         }
         for c, s in l_star.items()
     }
-    anti = antiparallelism(u, steering_layer=[l_star["mold"].layer, l_star["gold"].layer])
+    anti = antiparallelism(u, control, steering_layer=[l_star["mold"].layer, l_star["gold"].layer])
     report["antiparallelism"] = anti.to_dict()
     cos = np.asarray(anti.trained.per_layer)
     report["cos_summary"] = {
@@ -99,7 +112,7 @@ def main() -> None:
     emotions.save(out / "emotions")
     pca = emotion_pca(emotions, load_emotions(), v=u)
     report["emotion_pca"] = pca.to_dict() if hasattr(pca, "to_dict") else repr(pca)
-    align = emotion_alignment(u, emotions)
+    align = emotion_alignment(u, emotions, control=control)
     report["emotion_alignment"] = align.to_dict() if hasattr(align, "to_dict") else repr(align)
     print(pca, align, sep="\n", flush=True)
     (out / "controls.json").write_text(json.dumps(report, indent=1, default=float))
