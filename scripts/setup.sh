@@ -35,3 +35,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 else
     echo "[setup] $VENV is up to date"
 fi
+
+# Headless Chromium renders the HTML report in the screenshot test (and lets kaleido export
+# static images). Installed from Debian's packages when possible; without it that one test is
+# skipped with the reason.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+    && [ "$(id -u)" = "0" ] && [ -z "${WELFARE_LENS_NO_APT:-}" ]; then
+    echo "[setup] installing Debian chromium (for the report screenshot test)"
+    if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+        >/tmp/welfare_lens_apt.log 2>&1; then
+        echo "[setup] chromium could not be installed (see /tmp/welfare_lens_apt.log)"
+    fi
+fi

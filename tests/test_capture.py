@@ -244,3 +244,26 @@ def test_shared_prefixes_need_batch_size_one() -> None:
         list(
             iter_activations(object(), _items(2), batch_size=2, share_prefixes=True, progress=False)
         )
+
+
+def test_batched_capture_backs_off_on_out_of_memory(
+    tiny_model: Any, one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = _items(7)
+    reference = capture(tiny_model, items, batch_size=2, share_prefixes=False, progress=False)
+    real = tiny_model.run_with_hooks
+    widths: list[int] = []
+
+    def flaky(tokens: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        widths.append(int(tokens.shape[0]))
+        if tokens.shape[0] > 2:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory (simulated)")
+        return real(tokens, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "run_with_hooks", flaky)
+    with pytest.warns(RuntimeWarning, match="batch_size 8; retrying with 4"):
+        got = capture(tiny_model, items, batch_size=8, share_prefixes=False, progress=False)
+    assert widths[:3] == [7, 4, 2] and max(widths[3:]) <= 2
+    assert got.counts == reference.counts
+    torch.testing.assert_close(got.sum, reference.sum, atol=1e-4, rtol=1e-5)
+    monkeypatch.setattr(tiny_model, "run_with_hooks", real)

@@ -5,7 +5,7 @@ models recruits a functional welfare axis": an emoji maze, a compact GRPO loop, 
 welfare vectors, geometric analyses and steering evaluations.
 """
 
-from welfare_lens import analysis, chat, hooks, maze, rl, steering
+from welfare_lens import analysis, chat, hooks, maze, pipeline, plots, report, rl, steering
 from welfare_lens.capture import capture, project
 from welfare_lens.chat import RenderedChat, action_token_ids, render_chat
 from welfare_lens.errors import WelfareLensError
@@ -44,8 +44,11 @@ __all__ = [
     "load_model",
     "maze",
     "model_info",
+    "pipeline",
+    "plots",
     "project",
     "render_chat",
+    "report",
     "rl",
     "steer",
     "steering",

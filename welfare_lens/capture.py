@@ -23,6 +23,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from welfare_lens._memory import free_memory, is_out_of_memory, warn_back_off
 from welfare_lens.chat import RenderedChat, action_token_ids, pad_rendered, render_chat
 from welfare_lens.errors import DataError, ShapeError, TokenizationError, VectorError
 from welfare_lens.hooks import HookKind, capture_hooks, hook_name, n_layers, resolve_layers
@@ -129,7 +130,8 @@ def iter_activations(
             sample; ``"mean"`` yields their mean, one sample per conversation.
         batch_size: Conversations per forward pass. On CPU one at a time is fastest (eager
             attention makes padded batches of long conversations slower:
-            benchmarks/extract.py); raise it on a GPU.
+            benchmarks/extract.py); raise it on a GPU. A batch that runs out of memory is
+            retried with half the size (and later batches keep the smaller size).
         template: Chat template choice (see :func:`welfare_lens.chat.render_chat`).
         progress: Show a progress bar.
         description: Progress-bar label.
@@ -183,23 +185,38 @@ def iter_activations(
     order = sorted(range(len(rendered)), key=lambda i: -len(rendered[i][0]))
     bar = tqdm(total=len(order), desc=description, disable=not progress, unit="conv")
     device = getattr(getattr(model, "cfg", None), "device", None)
+
+    def forward(batch: list[tuple[RenderedChat, Tensor, _Item]]) -> tuple[Tensor, Tensor]:
+        padded = pad_rendered([chat for chat, _, _ in batch], pad_id)
+        width = padded["input_ids"].shape[1]
+        select = torch.zeros(len(batch), width, dtype=torch.bool)
+        for row, (_, mask, _) in enumerate(batch):
+            select[row, : mask.shape[0]] = mask
+        store: dict[str, Tensor] = {}
+        tokens = padded["input_ids"] if device is None else padded["input_ids"].to(device)
+        with torch.no_grad():
+            model.run_with_hooks(
+                tokens,
+                fwd_hooks=capture_hooks(names, store, positions=select),
+                stop_at_layer=max(chosen) + 1,
+            )
+        return torch.stack([store[name] for name in names], dim=1).cpu(), select
+
+    size = batch_size
     try:
-        for start in range(0, len(order), batch_size):
-            batch = [rendered[i] for i in order[start : start + batch_size]]
-            padded = pad_rendered([chat for chat, _, _ in batch], pad_id)
-            width = padded["input_ids"].shape[1]
-            select = torch.zeros(len(batch), width, dtype=torch.bool)
-            for row, (_, mask, _) in enumerate(batch):
-                select[row, : mask.shape[0]] = mask
-            store: dict[str, Tensor] = {}
-            tokens = padded["input_ids"] if device is None else padded["input_ids"].to(device)
-            with torch.no_grad():
-                model.run_with_hooks(
-                    tokens,
-                    fwd_hooks=capture_hooks(names, store, positions=select),
-                    stop_at_layer=max(chosen) + 1,
-                )
-            acts = torch.stack([store[name] for name in names], dim=1).cpu()  # [n_sel, L, d]
+        start = 0
+        while start < len(order):
+            batch = [rendered[i] for i in order[start : start + size]]
+            try:
+                acts, select = forward(batch)  # acts [n_sel, L, d]
+            except RuntimeError as err:  # torch.OutOfMemoryError is one
+                if not is_out_of_memory(err) or size == 1:
+                    raise
+                free_memory()
+                warn_back_off("batch_size", size, size // 2)
+                size //= 2
+                continue
+            start += len(batch)
             counts = select.sum(dim=1).tolist()
             labels: list[str] = []
             groups: list[int] = []

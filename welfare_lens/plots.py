@@ -929,7 +929,7 @@ def emotion_scatter(
 
 
 def _valence_lookup(
-    valence: Mapping[str, float] | Sequence[float] | None, names: Sequence[str]
+    valence: Mapping[str, float] | Sequence[float | None] | None, names: Sequence[str]
 ) -> F64:
     if valence is None:
         try:
@@ -951,7 +951,7 @@ def emotion_pca(
     *,
     layer: int | None = None,
     emotions: Sequence[str] | None = None,
-    valence: Mapping[str, float] | Sequence[float] | None = None,
+    valence: Mapping[str, float] | Sequence[float | None] | None = None,
     positions: Mapping[str, float] | None = None,
     title: str | None = None,
 ) -> go.Figure:
@@ -1071,7 +1071,14 @@ def emotion_pca(
         )
     if title is None:
         title = "Emotion vectors on PC1 (≈ valence) and PC2 (≈ arousal)" + info + " (paper F.4)"
-    return _finish(fig, title, xaxis_title=x_title, yaxis_title=y_title, height=520)
+    return _finish(
+        fig,
+        title,
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        height=560,
+        legend={"orientation": "h", "y": -0.18, "x": 0.0},
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1589,7 +1596,13 @@ def slope_heatmap(
             row=k,
             col=1,
         )
-        fig.update_yaxes(title_text="α" if kind == "mean" else None, type="category", row=k, col=1)
+        fig.update_yaxes(
+            title_text="α" if kind == "mean" else None,
+            type="category",
+            autorange="reversed",
+            row=k,
+            col=1,
+        )
     fig.update_xaxes(title_text="layer", type="category", row=len(panels), col=1)
     if title is None:
         title = (

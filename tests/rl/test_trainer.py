@@ -349,3 +349,42 @@ def test_lora_dropout_is_active_only_in_the_update(fresh_llama: Any) -> None:
     assert seen[: MAZE.turns] == [False] * MAZE.turns  # rollouts: eval mode
     assert seen[-1] is True  # the loss's forward pass: train mode
     assert not fresh_llama.training and not fresh_llama.original_model.training
+
+
+# ---------------------------------------------------------------- out-of-memory back-off
+
+
+def test_update_backs_off_on_out_of_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from welfare_lens.models import load_model
+    from welfare_lens.rl import trainer as trainer_module
+
+    def run(micro: int | None, fail_above: int | None) -> tuple[list[torch.Tensor], list[int]]:
+        real = trainer_module.action_logits
+        sizes: list[int] = []
+
+        def flaky(model: Any, ids: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if torch.is_grad_enabled():
+                sizes.append(int(ids.shape[0]))
+                if fail_above is not None and ids.shape[0] > fail_above:
+                    raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return real(model, ids, *args, **kwargs)
+
+        monkeypatch.setattr(trainer_module, "action_logits", flaky)
+        torch.manual_seed(0)
+        trainer = GRPOTrainer(
+            load_model("tiny-llama"), MAZE, small(micro_batch_size=micro, episodes_per_maze=4)
+        )
+        trainer.step()
+        monkeypatch.setattr(trainer_module, "action_logits", real)
+        return [p.detach().clone() for p in trainer.trainable_parameters], sizes
+
+    with pytest.warns(RuntimeWarning, match="micro_batch_size 8; retrying with 4"):
+        backed_off, sizes = run(None, fail_above=4)
+    assert sizes == [8, 4, 4]
+    direct, direct_sizes = run(4, fail_above=None)
+    assert direct_sizes == [4, 4]
+    for a, b in zip(backed_off, direct, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    # Other errors, and out-of-memory at micro-batch size 1, are not swallowed.
+    with pytest.raises(torch.OutOfMemoryError):
+        run(1, fail_above=0)

@@ -44,6 +44,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from welfare_lens._memory import free_memory, is_out_of_memory, warn_back_off
 from welfare_lens.chat import action_token_ids, render_chat
 from welfare_lens.errors import TrainingError
 from welfare_lens.maze.config import MazeConfig, Tile
@@ -380,6 +381,9 @@ class GRPOTrainer:
         self.peft_model: Any = None
         self._ref_params: dict[str, Tensor] | None = None
         self._no_signal_steps = 0
+        # Lowered by an out-of-memory back-off; the run's config keeps the requested size.
+        self._micro_limit: int | None = None
+        self._updated_in_step = False
         self.model.eval()
         self._setup_parameters()
         self.optimizer = torch.optim.AdamW(
@@ -648,6 +652,8 @@ class GRPOTrainer:
 
     def _micro_batches(self, n: int) -> list[slice]:
         size = self.config.micro_batch_size or n
+        if self._micro_limit is not None:
+            size = min(size, self._micro_limit)
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
     def _ref_action_logits(self, ids: Tensor, positions: Tensor) -> Tensor | None:
@@ -692,6 +698,21 @@ class GRPOTrainer:
         return self._backward(batch, adv, None, None)
 
     def _update(self, batch: dict[str, Tensor], adv: Tensor) -> dict[str, Any]:
+        """One optimizer update; on out-of-memory, retried with half the micro-batch size."""
+        while True:
+            try:
+                return self._update_once(batch, adv)
+            except RuntimeError as err:  # torch.OutOfMemoryError is one
+                size = self._micro_batches(batch["input_ids"].shape[0])[0].stop
+                if not is_out_of_memory(err) or size <= 1 or self._updated_in_step:
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                free_memory()
+                warn_back_off("micro_batch_size", size, size // 2)
+                self._micro_limit = size // 2
+
+    def _update_once(self, batch: dict[str, Tensor], adv: Tensor) -> dict[str, Any]:
+        self._updated_in_step = False
         cfg = self.config
         dev = self._device
         ids = batch["input_ids"].to(dev)
@@ -726,6 +747,7 @@ class GRPOTrainer:
             if epoch == 0:
                 mismatch = out["logp_mismatch"]
             out["grad_norm"] = self._clip_and_step()
+            self._updated_in_step = True  # weights changed: a retry would not be the same step
         out["logp_mismatch"] = mismatch
         return out
 
