@@ -7,8 +7,9 @@ Prints, side by side in one run on the paper's maze (100x100, 15 turns, wind 0.1
   (b) welfare_lens.rl.rollout: one KV cache per batch of episodes, each turn feeds only its new
       tokens (previous action, end-of-turn, user message, generation prompt);
 the conversation tokens per second of each, the ratio b/a, whether both sampled the same moves
-(they use the same per-episode generators), and then the share of a GRPO training step spent in
-rollouts vs the update.
+(they use the same per-episode generators), (c) the gain of shared group prefill (one maze, G
+episodes: the first prompt's shared part encoded once) at G = 8 and 64, and then the share of a
+GRPO training step spent in rollouts vs the update.
 
     .venv/bin/python benchmarks/rollout.py                      # tiny-llama (default)
     .venv/bin/python benchmarks/rollout.py --smollm2            # SmolLM2-135M-Instruct
@@ -26,7 +27,7 @@ import torch
 import welfare_lens as wl
 from welfare_lens.maze import MazeConfig
 from welfare_lens.rl import GRPOConfig, GRPOTrainer, maze_groups, rollout
-from welfare_lens.rl.rollout import episode_generator, forward_logits, pad_token_id
+from welfare_lens.rl.rollout import RolloutStats, episode_generator, forward_logits, pad_token_id
 
 
 def rollout_reencode(
@@ -61,6 +62,31 @@ def rollout_reencode(
     return moves, fed
 
 
+def shared_prefill_line(model: Any, cfg: MazeConfig, group: int) -> None:
+    """(c) One maze x G episodes with and without shared group prefill, both episode seedings."""
+    for same_seed in (False, True):
+        cost = {}
+        for share in (False, True):
+            stats = RolloutStats()
+            envs = maze_groups(cfg, 1, group, seed=3, shared_episode_seed=same_seed)
+            rollout(
+                model,
+                envs,
+                seed=4,
+                groups=[0] * group,
+                stats=stats,
+                share_prefill=share,
+                batch_size=group,
+            )
+            cost[share] = stats
+        off, on = cost[False], cost[True]
+        print(
+            f"(c) G={group:>3} shared_episode_seed={same_seed!s:<5}: shared prefill fed "
+            f"{on.fed_tokens} vs {off.fed_tokens} tokens ({off.fed_tokens / on.fed_tokens:.3f}x "
+            f"fewer), {on.seconds:.2f} vs {off.seconds:.2f} s ({off.seconds / on.seconds:.2f}x)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-llama")
@@ -70,6 +96,9 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--train-steps", type=int, default=2)
+    parser.add_argument(
+        "--prefill-groups", type=int, nargs="*", default=[8, 64], help="G for the (c) lines"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,6 +133,9 @@ def main() -> None:
         f"(b) KV cache across turns: {cached_s:7.2f} s  {b:9.0f} tok/s  (fed {fed_cached} tokens)"
     )
     print(f"ratio b/a: {b / a:.1f}x   same moves in {same}/{n} episodes")
+
+    for g in args.prefill_groups:
+        shared_prefill_line(model, cfg, g)
 
     trainer = GRPOTrainer(
         model,

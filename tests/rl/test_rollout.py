@@ -46,8 +46,9 @@ def test_tokens_equal_render_chat_and_cache_feeds_each_token_once(tiny_llama: An
         assert ep.n_turns == CFG.turns
         # KV cache across turns: every token but the final action goes through the model once.
         assert ep.fed_tokens == len(ep.input_ids) - 1
-    assert stats.fed_tokens == sum(len(e.input_ids) - 1 for e in episodes)
-    assert stats.forward_calls == CFG.turns  # one batched call per turn
+    saved = stats.shared_prefill_tokens
+    assert stats.fed_tokens + saved == sum(len(e.input_ids) - 1 for e in episodes)
+    assert stats.forward_calls == CFG.turns + (saved > 0)  # one call per turn (+ prefill)
     assert any("wind" in m["content"] for e in episodes for m in e.messages)
 
 
@@ -128,7 +129,7 @@ def test_steering_hook_changes_the_action_distribution(tiny_llama: Any) -> None:
     assert p_plain[0] < 0.4 < 0.6 < p_steer[0]
     assert torch.allclose(steered[0].action_probs[0], ctx[0].action_probs[0], atol=1e-5)
     # The hook ran once per turn on the new chunk only, never on the whole history.
-    assert len(seen) == CFG.turns
+    assert len(seen) == CFG.turns + 1  # the group's shared first-prompt prefix, then each turn
     assert max(seen) < len(steered[0].input_ids) / 2
     # And the hooks are gone afterwards.
     again = rollout(tiny_llama, maze_groups(CFG, 1, 4, seed=2), seed=3)
@@ -204,3 +205,38 @@ def test_smollm2_rollout_format_and_logprobs(smollm2: Any) -> None:
             logits[:, :-1], ep.input_ids[None, 1:], allowed, 0.7, mask=ep.action_mask[None, 1:]
         )[0]
         assert lp[ep.action_mask[1:]].tolist() == pytest.approx(ep.logprobs.tolist(), abs=1e-4)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen3"])
+@pytest.mark.parametrize("same_seed", [True, False])
+def test_shared_group_prefill_is_exact(name: str, same_seed: bool) -> None:
+    from welfare_lens.models import load_model
+    from welfare_lens.rl.rollout import RolloutStats
+
+    model = load_model(name)
+    cfg = MazeConfig(size=20, turns=3)
+    runs = {}
+    for share in (True, False):
+        stats = RolloutStats()
+        envs = maze_groups(cfg, 3, 3, seed=5, shared_episode_seed=same_seed)
+        episodes = rollout(
+            model,
+            envs,
+            seed=1,
+            groups=[i // 3 for i in range(9)],
+            stats=stats,
+            share_prefill=share,
+            batch_size=6,
+        )
+        runs[share] = (episodes, stats)
+    (shared, on), (alone, off) = runs[True], runs[False]
+    for a, b in zip(shared, alone, strict=True):
+        assert a.actions == b.actions
+        assert list(a.input_ids) == list(b.input_ids)
+        assert list(a.action_positions) == list(b.action_positions)
+        torch.testing.assert_close(
+            torch.as_tensor(a.logprobs), torch.as_tensor(b.logprobs), atol=1e-5, rtol=0
+        )
+    # The group's common prefix is encoded once: fewer tokens fed, by what was shared.
+    assert on.shared_prefill_tokens > 0 and off.shared_prefill_tokens == 0
+    assert on.fed_tokens < off.fed_tokens

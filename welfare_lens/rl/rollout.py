@@ -44,6 +44,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from welfare_lens.capture import _common_prefix
 from welfare_lens.chat import ACTIONS, TemplateChoice, action_token_ids, render_chat
 from welfare_lens.errors import DataError, TrainingError
 from welfare_lens.maze.config import MazeConfig
@@ -172,6 +173,9 @@ class RolloutStats:
         padded_tokens: Tokens fed including padding.
         forward_calls: Model calls.
         seconds: Wall time.
+        shared_prefill_tokens: Tokens not fed because a group's episodes shared their first
+            prompt's common prefix (``share_prefill``): ``fed_tokens + shared_prefill_tokens``
+            is the cost without sharing.
     """
 
     episodes: int = 0
@@ -179,6 +183,7 @@ class RolloutStats:
     padded_tokens: int = 0
     forward_calls: int = 0
     seconds: float = 0.0
+    shared_prefill_tokens: int = 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -412,6 +417,7 @@ def rollout(
     fwd_hooks: HookList | None = None,
     groups: Sequence[int] | None = None,
     stats: RolloutStats | None = None,
+    share_prefill: bool = True,
 ) -> list[Episode]:
     """Play every environment to the end with action-masked sampling (paper §2.2, A2, A3).
 
@@ -428,6 +434,11 @@ def rollout(
         groups: Group index of each environment (default: all 0; :func:`maze_groups` order gives
             ``i // episodes_per_maze``).
         stats: If given, filled with the cost of this call.
+        share_prefill: Encode the first prompt's part that a group's episodes share once per
+            group and copy its KV cache to the group's episodes (exact; skipped for
+            sliding-window models, which decode one episode per lane). The maze's episodes of
+            one group share the whole first prompt only with ``shared_episode_seed=True``;
+            otherwise the clause order differs from the first clause on.
 
     Returns:
         One :class:`Episode` per environment, in order.
@@ -483,9 +494,10 @@ def rollout(
     try:
         with torch.no_grad(), _maybe_hooks(model, fwd_hooks):
             for start in range(0, len(live), lane_size):
+                lane = live[start : start + lane_size]
                 _play_lane(
                     model,
-                    live[start : start + lane_size],
+                    lane,
                     allowed,
                     list(actions),
                     float(temperature),
@@ -493,6 +505,11 @@ def rollout(
                     template,
                     device,
                     run_stats,
+                    [0] * len(lane)
+                    if groups is None
+                    else [int(groups[state.index]) for state in lane]
+                    if share_prefill
+                    else list(range(len(lane))),
                 )
     finally:
         if was_training:
@@ -515,11 +532,11 @@ def _play_lane(
     template: TemplateChoice,
     device: torch.device,
     stats: RolloutStats,
+    lane_groups: list[int],
 ) -> None:
     """Decode one batch of episodes turn by turn on one KV cache."""
     tokenizer = model.tokenizer
-    past: Any = None
-    mask = torch.zeros(len(lane), 0, dtype=torch.long, device=device)
+    past, mask = _shared_prefill(model, lane, lane_groups, pad_id, device, stats)
     turn = 0
     while any(not s.env.done for s in lane):
         turn += 1
@@ -584,6 +601,64 @@ def _play_lane(
                 if full[: len(expected)] != expected:
                     raise _incremental_error(s.index, turn)
                 s.pending = full[len(s.fed) :]
+
+
+def _shared_prefill(
+    model: Any,
+    lane: list[_Live],
+    lane_groups: list[int],
+    pad_id: int,
+    device: torch.device,
+    stats: RolloutStats,
+) -> tuple[Any, Tensor]:
+    """Encode each group's common first-prompt prefix once; expand the cache to the lane.
+
+    Returns the KV cache (``None`` when nothing is shared) and the lane's attention mask so far.
+    Rows of one group get the group's prefix in the cache (padding after a shorter prefix is a
+    masked gap, as between turns); their pending tokens lose that prefix.
+    """
+    empty = torch.zeros(len(lane), 0, dtype=torch.long, device=device)
+    order = list(dict.fromkeys(lane_groups))
+    if len(order) == len(lane):
+        return None, empty
+    prefix: dict[int, int] = {}
+    for g in order:
+        rows = [s.pending for s, h in zip(lane, lane_groups, strict=True) if h == g]
+        shared = min(len(r) for r in rows) - 1  # keep one token to compute the first logits
+        for r in rows[1:]:
+            shared = min(shared, _common_prefix(rows[0], r))
+        prefix[g] = shared if len(rows) > 1 else 0
+    if max(prefix.values()) < 2:
+        return None, empty
+    width = max(prefix.values())
+    chunk = torch.full((len(order), width), pad_id, dtype=torch.long)
+    chunk_mask = torch.zeros(len(order), width, dtype=torch.long)
+    first = {g: next(s for s, h in zip(lane, lane_groups, strict=True) if h == g) for g in order}
+    for row, g in enumerate(order):
+        n = prefix[g]
+        if n:
+            chunk[row, :n] = torch.tensor(first[g].pending[:n], dtype=torch.long)
+            chunk_mask[row, :n] = 1
+    _, past = forward_logits(
+        model,
+        chunk.to(device),
+        torch.tensor([0]),
+        attention_mask=chunk_mask.to(device),
+        return_type="logits_and_cache",
+    )
+    stats.forward_calls += 1
+    stats.padded_tokens += int(chunk.numel())
+    stats.fed_tokens += int(chunk_mask.sum())
+    index = torch.tensor([order.index(g) for g in lane_groups], device=device)
+    past.batch_select_indices(index)
+    for s, g in zip(lane, lane_groups, strict=True):
+        n = prefix[g]
+        s.fed.extend(s.pending[:n])
+        s.fed_tokens += n
+        s.pending = s.pending[n:]
+        stats.shared_prefill_tokens += n
+    stats.shared_prefill_tokens -= int(chunk_mask.sum())  # each group's prefix was fed once
+    return past, chunk_mask.to(device)[index]
 
 
 def _to_episode(state: _Live, actions: Sequence[str], group: int | None) -> Episode:
