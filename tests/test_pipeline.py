@@ -76,6 +76,10 @@ def test_config_sources_and_errors(tmp_path: Path) -> None:
         PipelineConfig(per_class=-5)
     with pytest.raises(ConfigError, match="preset"):
         PipelineConfig.preset("huge")
+    paper = PipelineConfig.preset("paper")
+    assert (paper.per_class, paper.mazes_per_step, paper.episodes_per_maze) == (5000, 8, 64)
+    assert (paper.prompt_format, paper.lr, paper.alphas) == ("paper", 3e-6, (-4, -2, 0, 2, 4))
+    assert PipelineConfig.preset("quick").per_class < PipelineConfig.preset("full").per_class
 
 
 def test_cli_reports_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -76,7 +76,7 @@ def _models(_: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace) -> PipelineConfig:
     from welfare_lens.pipeline import PipelineConfig
 
-    cfg = PipelineConfig.preset("quick" if args.quick else "full")
+    cfg = PipelineConfig.preset("quick" if args.quick else args.preset)
     if args.config is not None:
         cfg = PipelineConfig.from_toml(args.config, base=cfg)
     changes: dict[str, object] = {}
@@ -137,6 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         stage.add_argument("--device", default=None, help="torch device, e.g. cuda")
         stage.add_argument("--config", default=None, help="TOML file of pipeline settings")
         stage.add_argument("--quick", action="store_true", help="a run of minutes")
+        stage.add_argument(
+            "--preset",
+            default="full",
+            choices=["quick", "full", "paper"],
+            help="sizes: full = CPU hours (default), paper = the paper's (a GPU job)",
+        )
         stage.add_argument("--set", action="append", metavar="KEY=VALUE", help="one setting")
         stage.add_argument("--force", action="store_true", help="rerun finished stages")
         stage.set_defaults(func=_stage)
