@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -56,3 +59,28 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _kill_when(child: subprocess.Popen[bytes], ready: Callable[[], bool]) -> None:
+    """SIGKILL ``child`` once ``ready()`` holds; it must not finish (or fail) first."""
+    try:
+        deadline = time.monotonic() + 120
+        while not ready():
+            if child.poll() is not None:
+                raise AssertionError(child.stderr.read().decode() if child.stderr else "")
+            assert time.monotonic() < deadline, "no progress appeared"
+            time.sleep(0.02)
+        time.sleep(0.15)  # into the next unit of work, so the kill lands mid-way
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+
+@pytest.fixture()
+def kill_when() -> Callable[[subprocess.Popen[bytes], Callable[[], bool]], None]:
+    """``kill_when(child, ready)``: SIGKILL a subprocess once it has made some progress."""
+    return _kill_when

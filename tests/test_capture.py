@@ -267,3 +267,42 @@ def test_batched_capture_backs_off_on_out_of_memory(
     assert got.counts == reference.counts
     torch.testing.assert_close(got.sum, reference.sum, atol=1e-4, rtol=1e-5)
     monkeypatch.setattr(tiny_model, "run_with_hooks", real)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_capture_checkpoint_resumes_exactly(
+    tmp_path: Any, one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = wl.load_model("tiny-llama")
+    items = _items(11)
+    reference = capture(model, items, progress=False, holdout=0.3)
+    real = model.run_with_hooks
+    calls = [0]
+
+    def dying(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] > 7:
+            raise _Interrupt
+        return real(*args, **kwargs)
+
+    ckpt = tmp_path / "stats"
+    monkeypatch.setattr(model, "run_with_hooks", dying)
+    with pytest.raises(_Interrupt):
+        capture(model, items, progress=False, holdout=0.3, checkpoint=ckpt, checkpoint_every=3)
+    monkeypatch.setattr(model, "run_with_hooks", real)
+    saved = wl.ClassStatistics.load(ckpt)
+    assert saved.info["resume"]["done"] == 6  # two checkpoints of 3 conversations
+    done = []
+    monkeypatch.setattr(model, "run_with_hooks", lambda *a, **k: done.append(1) or real(*a, **k))
+    resumed = capture(model, items, progress=False, holdout=0.3, checkpoint=ckpt)
+    assert len(done) == 5  # only the 5 conversations not yet in the checkpoint
+    assert resumed.counts == reference.counts and resumed.n_seen == reference.n_seen
+    torch.testing.assert_close(resumed.sum, reference.sum, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(resumed.m2, reference.m2, atol=1e-4, rtol=1e-5)
+    assert len(resumed.heldout) == len(reference.heldout)
+    # Other trajectories against the same checkpoint: a clear error, nothing mixed.
+    with pytest.raises(DataError, match="other trajectories"):
+        capture(model, items[:-1], progress=False, checkpoint=ckpt)

@@ -14,6 +14,10 @@ requested block, so the unembedding is never computed.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,7 +33,7 @@ from welfare_lens.errors import DataError, ShapeError, TokenizationError, Vector
 from welfare_lens.hooks import HookKind, capture_hooks, hook_name, n_layers, resolve_layers
 from welfare_lens.maze.config import Tile
 from welfare_lens.models import model_info
-from welfare_lens.vectors import ClassStatistics
+from welfare_lens.vectors import ClassStatistics, _file_pair
 
 __all__ = [
     "POSITION_RULES",
@@ -144,6 +148,42 @@ def iter_activations(
         ``(acts [n, n_selected_layers, d_model], labels, groups)`` per batch, on CPU, fp32 or
         the model's dtype.
     """
+    for acts, labels, groups, _ in _activation_batches(
+        model,
+        items,
+        position=position,
+        layers=layers,
+        hook=hook,
+        reduce=reduce,
+        batch_size=batch_size,
+        template=template,
+        progress=progress,
+        description=description,
+        share_prefixes=share_prefixes,
+    ):
+        yield acts, labels, groups
+
+
+def _activation_batches(
+    model: Any,
+    items: Iterable[Any],
+    *,
+    position: PositionSpec = "last_action",
+    layers: int | Sequence[int] | None = None,
+    hook: HookKind = "resid_post",
+    reduce: Literal["tokens", "mean"] = "tokens",
+    batch_size: int = 1,
+    template: Literal["auto", "model", "plain"] = "auto",
+    progress: bool = True,
+    description: str = "capture",
+    share_prefixes: bool | None = None,
+    skip: int = 0,
+    chunk: int = 32,
+) -> Iterator[tuple[Float[Tensor, "n layer d_model"], list[str], list[int], int]]:
+    """:func:`iter_activations`, also yielding the number of conversations per batch.
+
+    ``skip`` leaves out the first conversations of the processing order (resuming).
+    """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}.", hint="Use e.g. 8.")
     share = batch_size == 1 if share_prefixes is None else bool(share_prefixes)
@@ -178,12 +218,13 @@ def iter_activations(
 
     if share:
         yield from _iter_shared_prefixes(
-            model, rendered, names, max(chosen) + 1, reduce, progress, description
+            model, rendered, names, max(chosen) + 1, reduce, progress, description, skip, chunk
         )
         return
     # Longest first: the first batch shows the peak memory at once, and padding stays small.
     order = sorted(range(len(rendered)), key=lambda i: -len(rendered[i][0]))
     bar = tqdm(total=len(order), desc=description, disable=not progress, unit="conv")
+    bar.update(min(skip, len(order)))
     device = getattr(getattr(model, "cfg", None), "device", None)
 
     def forward(batch: list[tuple[RenderedChat, Tensor, _Item]]) -> tuple[Tensor, Tensor]:
@@ -204,7 +245,7 @@ def iter_activations(
 
     size = batch_size
     try:
-        start = 0
+        start = skip
         while start < len(order):
             batch = [rendered[i] for i in order[start : start + size]]
             try:
@@ -227,7 +268,7 @@ def iter_activations(
             for (_, _, item), count in zip(batch, counts, strict=True):
                 labels.extend([item.label] * count)
                 groups.extend([item.group] * count)
-            yield acts, labels, groups
+            yield acts, labels, groups, len(batch)
             bar.update(len(batch))
     finally:
         bar.close()
@@ -259,8 +300,9 @@ def _iter_shared_prefixes(
     reduce: Literal["tokens", "mean"],
     progress: bool,
     description: str,
+    skip: int = 0,
     chunk: int = 32,
-) -> Iterator[tuple[Float[Tensor, "n layer d_model"], list[str], list[int]]]:
+) -> Iterator[tuple[Float[Tensor, "n layer d_model"], list[str], list[int], int]]:
     """One forward pass per distinct token prefix (issue: extraction near the compute limit).
 
     Conversations are sorted by their token ids, so each shares the longest possible prefix
@@ -277,13 +319,14 @@ def _iter_shared_prefixes(
     ids = [chat.input_ids.tolist() for chat, _, _ in rendered]
     order = sorted(range(len(rendered)), key=lambda i: ids[i])
     bar = tqdm(total=len(order), desc=description, disable=not progress, unit="conv")
+    bar.update(min(skip, len(order)))
     past: Any = None
     cached: list[int] = []
     pieces: list[Tensor] = []
     labels: list[str] = []
     groups: list[int] = []
     try:
-        for count, index in enumerate(order, start=1):
+        for count, index in enumerate(order[skip:], start=1):
             chat, mask, item = rendered[index]
             selected = mask.nonzero().squeeze(1)
             keep = min(_common_prefix(cached, ids[index]), int(selected[0]))
@@ -311,8 +354,8 @@ def _iter_shared_prefixes(
             labels.extend([item.label] * acts.shape[0])
             groups.extend([item.group] * acts.shape[0])
             bar.update(1)
-            if len(pieces) >= chunk or count == len(order):
-                yield torch.cat(pieces), labels, groups
+            if len(pieces) >= chunk or count == len(order) - skip:
+                yield torch.cat(pieces), labels, groups, len(pieces)
                 pieces, labels, groups = [], [], []
     finally:
         bar.close()
@@ -474,6 +517,8 @@ def capture(
     holdout: float = 0.0,
     holdout_seed: int = 0,
     share_prefixes: bool | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 1000,
 ) -> ClassStatistics:
     """Streaming per-class statistics of the residual stream (paper A4).
 
@@ -498,6 +543,12 @@ def capture(
         share_prefixes: Encode each distinct token prefix once (exact; default on when
             ``batch_size == 1``): see :func:`iter_activations`. Trajectories from
             :func:`welfare_lens.maze.shared_prefix_trajectories` share most of their tokens.
+        checkpoint: Save the statistics here (``.safetensors`` + ``.json``, atomically) every
+            ``checkpoint_every`` conversations and at the end. If the file exists and was made
+            from the same trajectories and settings, the capture resumes after the last saved
+            conversation: an interrupted extraction loses at most ``checkpoint_every``
+            conversations of work and counts none twice.
+        checkpoint_every: Conversations between checkpoints.
 
     Returns:
         The class statistics, with provenance (model id, hook, coordinate mode, position rule,
@@ -547,8 +598,12 @@ def capture(
             f"capture reads {len(chosen)} layers x {model.cfg.d_model}.",
             hint="Pass statistics made from the same model and layer selection, or none.",
         )
-    batches = (
-        iter_branch_activations(
+    if branches:
+        if checkpoint is not None:
+            raise DataError(
+                "Branch capture cannot checkpoint.", hint="Use checkpoint=None with branches."
+            )
+        for acts, labels, groups in iter_branch_activations(
             model,
             trajectories,
             layers=chosen,
@@ -557,24 +612,82 @@ def capture(
             per_class=per_class,
             template=template,
             progress=progress,
-        )
-        if branches
-        else iter_activations(
-            model,
-            [(item.messages, item.label, item.group) for item in items],
-            position=position,
-            layers=chosen,
-            hook=hook,
-            reduce=reduce,
-            batch_size=batch_size,
-            template=template,
-            progress=progress,
-            share_prefixes=share_prefixes,
-        )
-    )
-    for acts, labels, groups in batches:
+        ):
+            stats.update(labels=labels, acts=acts, groups=groups)
+        return stats
+    done = 0
+    if checkpoint is not None:
+        fingerprint = _fingerprint(items, position, chosen, hook, reduce)
+        stats, done = _resume(checkpoint, stats, fingerprint)
+    since = 0
+    for acts, labels, groups, n_conv in _activation_batches(
+        model,
+        [(item.messages, item.label, item.group) for item in items],
+        position=position,
+        layers=chosen,
+        hook=hook,
+        reduce=reduce,
+        batch_size=batch_size,
+        template=template,
+        progress=progress,
+        share_prefixes=share_prefixes,
+        skip=done,
+        chunk=32 if checkpoint is None else max(1, min(32, checkpoint_every)),
+    ):
         stats.update(labels=labels, acts=acts, groups=groups)
+        done += n_conv
+        since += n_conv
+        if checkpoint is not None and since >= checkpoint_every:
+            _save_checkpoint(stats, checkpoint, fingerprint, done)
+            since = 0
+    if checkpoint is not None:
+        _save_checkpoint(stats, checkpoint, fingerprint, done)
     return stats
+
+
+def _fingerprint(
+    items: Sequence[_Item], position: PositionSpec, layers: Sequence[int], hook: str, reduce: str
+) -> str:
+    """Identity of a capture's input: the same items in the same order, read the same way."""
+    digest = hashlib.sha256()
+    rule = position if isinstance(position, str) else getattr(position, "__qualname__", "custom")
+    digest.update(json.dumps([rule, list(layers), hook, reduce]).encode())
+    for item in items:
+        digest.update(json.dumps([list(map(dict, item.messages)), item.label, item.group]).encode())
+    return digest.hexdigest()
+
+
+def _resume(
+    checkpoint: str | os.PathLike[str], stats: ClassStatistics, fingerprint: str
+) -> tuple[ClassStatistics, int]:
+    """The checkpointed statistics and how many conversations they hold, or a fresh start."""
+    path = _file_pair(checkpoint)[0]
+    if not _file_pair(path)[1].exists():
+        return stats, 0
+    try:
+        saved = ClassStatistics.load(path)
+    except DataError as err:
+        # A kill between writing the tensor file and its JSON sidecar: the pair disagrees.
+        warnings.warn(
+            f"Ignoring the unreadable capture checkpoint {path} ({err}); starting over.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return stats, 0
+    resume = saved.info.get("resume", {})
+    if resume.get("fingerprint") != fingerprint:
+        raise DataError(
+            f"The capture checkpoint {path} was made from other trajectories or settings.",
+            hint="Delete it, or pass the same trajectories, positions, layers and hook.",
+        )
+    return saved, int(resume["done"])
+
+
+def _save_checkpoint(
+    stats: ClassStatistics, checkpoint: str | os.PathLike[str], fingerprint: str, done: int
+) -> None:
+    stats.info["resume"] = {"fingerprint": fingerprint, "done": done}
+    stats.save(checkpoint)
 
 
 @dataclass

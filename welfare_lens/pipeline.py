@@ -309,13 +309,18 @@ def _extract(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
     trajs = shared_prefix_trajectories(_maze_cfg(cfg), per_class=cfg.per_class)
     result: dict[str, Any] = {"samples": len(trajs), "design": "shared_prefix"}
     for tag, get in (("u", models.naive), ("v", models.trained)):
-        if (folder / f"{tag}.safetensors").exists() and (
-            folder / f"stats_{tag}.safetensors"
-        ).exists():
+        if (folder / f"{tag}.json").exists():  # vectors are written after their statistics
             continue
         start = time.perf_counter()
-        stats = capture(get(), trajs, holdout=cfg.holdout, holdout_seed=cfg.seed)
-        stats.save(folder / f"stats_{tag}")
+        # The statistics file doubles as the capture's checkpoint: a killed run resumes.
+        stats = capture(
+            get(),
+            trajs,
+            holdout=cfg.holdout,
+            holdout_seed=cfg.seed,
+            checkpoint=folder / f"stats_{tag}",
+            checkpoint_every=500,
+        )
         welfare_vectors(stats).save(folder / tag)
         result[f"{tag}_seconds"] = time.perf_counter() - start
     return result

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +78,7 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path, kill_when: Any) -> None:
     # The run that is killed: a subprocess that trains "forever"; killed once a checkpoint exists.
     killed = tmp_path / "killed"
     cfg = run_config(killed)
@@ -91,21 +89,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> No
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    try:
-        deadline = time.monotonic() + 120
-        while latest_checkpoint(killed) is None:
-            if child.poll() is not None:
-                raise AssertionError(child.stderr.read().decode() if child.stderr else "")
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.02)
-        time.sleep(0.15)  # let it get into the next step, so the kill lands mid-step
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    assert child.returncode == -signal.SIGKILL
+    kill_when(child, lambda: latest_checkpoint(killed) is not None)
     ckpt = latest_checkpoint(killed)
     assert ckpt is not None
     done = int(read_state(ckpt)["global_step"])
