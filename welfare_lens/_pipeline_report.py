@@ -129,6 +129,30 @@ def write_pipeline_report(cfg: PipelineConfig, out: Path) -> Path:
                 ],
             )
         )
+        composition = analysis.get("composition") or {}
+        if composition:
+            rows = []
+            for tag, item in composition.items():
+                table = item["table"]
+                for cls, means in table["means"].items():
+                    rows.append({"vectors": tag, "class": cls, **means})
+            flags = {tag: item["table"]["flagged"] for tag, item in composition.items()}
+            seen = [
+                {"vectors": tag, "vector": name, **{f"L{i}": c for i, c in enumerate(cos)}}
+                for tag, item in composition.items()
+                for name, cos in item["seen_tile_cosines"].items()
+            ]
+            sections.append(
+                Section(
+                    "Extraction design and composition",
+                    "Design: **shared-prefix samples of the paper's classes** (a class-c sample "
+                    "ends with a move onto class c). Its classes differ in what the model saw "
+                    f"(flagged: {flags}); the seen-tile cosines say how much of each welfare "
+                    "vector the neighbour composition alone explains. Compare with "
+                    "`shared_prefix_trajectories(design='minimal_pairs')`.",
+                    tables=[("mean neighbours per class", rows), ("seen-tile cosines", seen)],
+                )
+            )
         lens = analysis["logit_lens"]
         sections.append(
             Section(

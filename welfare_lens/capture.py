@@ -54,6 +54,7 @@ class _Item:
     messages: Sequence[Mapping[str, str]]
     label: str
     group: int
+    index: int = 0
 
 
 def _as_item(obj: Any, index: int) -> _Item:
@@ -72,7 +73,7 @@ def _as_item(obj: Any, index: int) -> _Item:
             hint="Pass wl.maze trajectories, or tuples (messages, label) or "
             "(messages, label, group).",
         )
-    return _Item(messages, label, group)
+    return _Item(messages, label, group, index)
 
 
 def _positions(rendered: RenderedChat, rule: PositionSpec) -> Bool[Tensor, " pos"]:
@@ -148,7 +149,7 @@ def iter_activations(
         ``(acts [n, n_selected_layers, d_model], labels, groups)`` per batch, on CPU, fp32 or
         the model's dtype.
     """
-    for acts, labels, groups, _ in _activation_batches(
+    for acts, labels, groups, _, _ in _activation_batches(
         model,
         items,
         position=position,
@@ -179,8 +180,9 @@ def _activation_batches(
     share_prefixes: bool | None = None,
     skip: int = 0,
     chunk: int = 32,
-) -> Iterator[tuple[Float[Tensor, "n layer d_model"], list[str], list[int], int]]:
-    """:func:`iter_activations`, also yielding the number of conversations per batch.
+) -> Iterator[tuple[Float[Tensor, "n layer d_model"], list[str], list[int], int, list[int]]]:
+    """:func:`iter_activations`, also yielding the number of conversations per batch and each
+    sample's input index.
 
     ``skip`` leaves out the first conversations of the processing order (resuming).
     """
@@ -261,6 +263,7 @@ def _activation_batches(
             counts = select.sum(dim=1).tolist()
             labels: list[str] = []
             groups: list[int] = []
+            indices: list[int] = []
             if reduce == "mean":
                 pieces = torch.split(acts, counts)
                 acts = torch.stack([piece.mean(dim=0) for piece in pieces])
@@ -268,7 +271,8 @@ def _activation_batches(
             for (_, _, item), count in zip(batch, counts, strict=True):
                 labels.extend([item.label] * count)
                 groups.extend([item.group] * count)
-            yield acts, labels, groups, len(batch)
+                indices.extend([item.index] * count)
+            yield acts, labels, groups, len(batch), indices
             bar.update(len(batch))
     finally:
         bar.close()
@@ -302,7 +306,7 @@ def _iter_shared_prefixes(
     description: str,
     skip: int = 0,
     chunk: int = 32,
-) -> Iterator[tuple[Float[Tensor, "n layer d_model"], list[str], list[int], int]]:
+) -> Iterator[tuple[Float[Tensor, "n layer d_model"], list[str], list[int], int, list[int]]]:
     """One forward pass per distinct token prefix (issue: extraction near the compute limit).
 
     Conversations are sorted by their token ids, so each shares the longest possible prefix
@@ -325,6 +329,7 @@ def _iter_shared_prefixes(
     pieces: list[Tensor] = []
     labels: list[str] = []
     groups: list[int] = []
+    indices: list[int] = []
     try:
         for count, index in enumerate(order[skip:], start=1):
             chat, mask, item = rendered[index]
@@ -353,10 +358,11 @@ def _iter_shared_prefixes(
             pieces.append(acts)
             labels.extend([item.label] * acts.shape[0])
             groups.extend([item.group] * acts.shape[0])
+            indices.extend([item.index] * acts.shape[0])
             bar.update(1)
             if len(pieces) >= chunk or count == len(order) - skip:
-                yield torch.cat(pieces), labels, groups, len(pieces)
-                pieces, labels, groups = [], [], []
+                yield torch.cat(pieces), labels, groups, len(pieces), indices
+                pieces, labels, groups, indices = [], [], [], []
     finally:
         bar.close()
 
@@ -519,6 +525,7 @@ def capture(
     share_prefixes: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 1000,
+    composition: bool = True,
 ) -> ClassStatistics:
     """Streaming per-class statistics of the residual stream (paper A4).
 
@@ -549,6 +556,11 @@ def capture(
             conversation: an interrupted extraction loses at most ``checkpoint_every``
             conversations of work and counts none twice.
         checkpoint_every: Conversations between checkpoints.
+        composition: For maze trajectories read at the final move, record what each class
+            saw (:func:`welfare_lens.analysis.composition.composition_table`, in
+            ``stats.info["composition"]``; a warning when the classes differ beyond its
+            threshold, as the paper's design does) and fit the seen-tile regression
+            (``stats.extra``; :func:`welfare_lens.analysis.composition.seen_tile_cosines`).
 
     Returns:
         The class statistics, with provenance (model id, hook, coordinate mode, position rule,
@@ -619,8 +631,9 @@ def capture(
     if checkpoint is not None:
         fingerprint = _fingerprint(items, position, chosen, hook, reduce)
         stats, done = _resume(checkpoint, stats, fingerprint)
+    regression, features = _composition(stats, trajectories, items, position, composition)
     since = 0
-    for acts, labels, groups, n_conv in _activation_batches(
+    for acts, labels, groups, n_conv, indices in _activation_batches(
         model,
         [(item.messages, item.label, item.group) for item in items],
         position=position,
@@ -635,6 +648,9 @@ def capture(
         chunk=32 if checkpoint is None else max(1, min(32, checkpoint_every)),
     ):
         stats.update(labels=labels, acts=acts, groups=groups)
+        if regression is not None:
+            regression.update(acts, features[indices])
+            stats.extra.update(regression.to_tensors())
         done += n_conv
         since += n_conv
         if checkpoint is not None and since >= checkpoint_every:
@@ -643,6 +659,37 @@ def capture(
     if checkpoint is not None:
         _save_checkpoint(stats, checkpoint, fingerprint, done)
     return stats
+
+
+def _composition(
+    stats: ClassStatistics,
+    trajectories: Sequence[Any],
+    items: Sequence[_Item],
+    position: PositionSpec,
+    enabled: bool,
+) -> tuple[Any, Any]:
+    """The composition diagnostic of maze trajectories (table in ``stats.info``, a warning when
+    flagged) and its streaming regression; ``(None, None)`` for other inputs."""
+    if not enabled or position != "last_action" or not trajectories:
+        return None, None
+    if not all(getattr(t, "neighbours", None) for t in trajectories):
+        return None, None
+    from welfare_lens.analysis.composition import (
+        SeenTileRegression,
+        composition_features,
+        composition_table,
+    )
+
+    table = composition_table(trajectories, [item.label for item in items])
+    stats.info["composition"] = table.to_dict()
+    message = table.warning()
+    if message is not None:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    if "composition.sum_xc" in stats.extra:
+        regression = SeenTileRegression.from_tensors(stats.extra)
+    else:
+        regression = SeenTileRegression(stats.n_layers, stats.d_model)
+    return regression, composition_features(trajectories)
 
 
 def _fingerprint(

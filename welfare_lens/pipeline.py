@@ -336,6 +336,8 @@ def _analyze(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
         load_emotions,
         load_stories,
         logit_lens_vectors,
+        seen_tile_cosines,
+        seen_tile_vectors,
         select_steering_layer,
     )
     from welfare_lens.analysis.tracking import track_outcomes
@@ -361,6 +363,12 @@ def _analyze(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
             }
     result["l_star"] = l_star
     result["selection"] = selection
+    result["composition"] = {}
+    for tag in ("v", "u"):
+        table = stats[tag].info.get("composition")
+        if table is not None:
+            cosines = seen_tile_cosines(seen_tile_vectors(stats[tag]), vecs[tag])
+            result["composition"][tag] = {"table": table, "seen_tile_cosines": cosines}
     layers = sorted({l_star["v"]["mold"], l_star["v"]["gold"]})
     anti = antiparallelism(
         vecs["v"], vecs["u"], layers, stats=stats["v"], control_stats=stats["u"], n_boot=200

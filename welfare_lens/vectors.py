@@ -473,7 +473,13 @@ class ClassStatistics(_ShapedByMetadata):
                 hint='Use e.g. classes=("mold", "gold", "path").',
             )
         classes = tuple(str(c) for c in classes)
-        if len(classes) < 1 or len(set(classes)) != len(classes):
+        if not classes:
+            raise DataError(
+                "No classes: the class list is empty (from capture(), this means the "
+                "trajectory set was empty).",
+                hint='Pass at least one trajectory per class, or classes=("mold", "gold", "path").',
+            )
+        if len(set(classes)) != len(classes):
             raise DataError(
                 f"classes must be non-empty and unique, got {classes}.",
                 hint='Use e.g. classes=("mold", "gold", "path").',
@@ -532,6 +538,9 @@ class ClassStatistics(_ShapedByMetadata):
         self._ho_acts: list[Tensor] = []
         self._ho_cls: list[Tensor] = []
         self._ho_groups: list[Tensor] = []
+        #: Further per-extraction tensors saved with the statistics (e.g. the composition
+        #: regression of :mod:`welfare_lens.analysis.composition`); not merged.
+        self.extra: dict[str, Tensor] = {}
         self.n_seen = 0
         self.n_batches = 0
 
@@ -855,6 +864,7 @@ class ClassStatistics(_ShapedByMetadata):
         }
         if self.m2 is not None:
             tensors["m2"] = self.m2
+        tensors.update({f"extra.{key}": value for key, value in self.extra.items()})
         ho = self.heldout
         if len(ho):
             tensors.update(
@@ -945,6 +955,9 @@ class ClassStatistics(_ShapedByMetadata):
         out.count, out.sum = tensors["count"], tensors["sum"]
         out.bucket_sum, out.bucket_count = tensors["bucket_sum"], tensors["bucket_count"]
         out.m2 = tensors.get("m2")
+        out.extra = {
+            k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")
+        }
         if "heldout_acts" in tensors:
             acts, cls_i = tensors["heldout_acts"], tensors.get("heldout_class")
             groups = tensors.get("heldout_group")

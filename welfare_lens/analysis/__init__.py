@@ -5,6 +5,15 @@ centred class means, nulls, bootstrap, split halves) and :mod:`.layer_selection`
 d, histogram overlap, the steering layer ℓ* and the fixed per-analysis layer rules).
 """
 
+from welfare_lens.analysis.composition import (
+    COMPOSITION_FEATURES,
+    CompositionTable,
+    SeenTileRegression,
+    composition_features,
+    composition_table,
+    seen_tile_cosines,
+    seen_tile_vectors,
+)
 from welfare_lens.analysis.emotions import (
     EMOTIONS,
     STORY_PROMPT,
@@ -106,6 +115,7 @@ from welfare_lens.analysis.tracking import (
 
 __all__ = [
     "CAD_TEMPLATE",
+    "COMPOSITION_FEATURES",
     "EMOTIONS",
     "PROMPT_NEGATIVE",
     "PROMPT_POSITIVE",
@@ -113,6 +123,7 @@ __all__ = [
     "AntiparallelismResult",
     "ArithmeticItem",
     "CentredCosines",
+    "CompositionTable",
     "Contrast",
     "CosineSummary",
     "EmotionAlignment",
@@ -127,6 +138,7 @@ __all__ = [
     "NullDistribution",
     "ScatterFit",
     "Score",
+    "SeenTileRegression",
     "SentimentCosines",
     "SentimentPair",
     "Story",
@@ -145,6 +157,8 @@ __all__ = [
     "centred_null",
     "cohens_d",
     "cohens_d_per_layer",
+    "composition_features",
+    "composition_table",
     "correctness_conversations",
     "cosine_per_layer",
     "emotion_alignment",
@@ -175,6 +189,8 @@ __all__ = [
     "projections",
     "prompt_vector",
     "random_direction_null",
+    "seen_tile_cosines",
+    "seen_tile_vectors",
     "select_from_scores",
     "select_steering_layer",
     "sentiment_control_vectors",

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Literal
 
 import numpy as np
 
-from welfare_lens.errors import DataError
+from welfare_lens.errors import DataError, MazeConfigError
 from welfare_lens.maze.config import MazeConfig, Tile, TileName
 from welfare_lens.maze.directions import DELTAS, DIRECTIONS, Action
 from welfare_lens.maze.env import MazeEnv
@@ -82,6 +83,7 @@ def shared_prefix_trajectories(
     shuffle: bool | None = None,
     lengths: Sequence[int] | None = None,
     detours: bool = True,
+    design: Literal["shared_prefix", "minimal_pairs"] = "shared_prefix",
     max_attempts: int = 64,
     max_mazes: int | None = None,
 ) -> list[Trajectory]:
@@ -95,12 +97,16 @@ def shared_prefix_trajectories(
         melt, shuffle: As in :func:`~welfare_lens.maze.synthetic_trajectories`.
         lengths: Lengths to balance over; ``1..cfg.turns`` if None.
         detours: Take Gold samples from one-step detours too (far fewer tokens per Gold sample).
+        design: ``"shared_prefix"`` (the paper's classes: a class-c sample needs only a class-c
+            neighbour) or ``"minimal_pairs"``: samples come in sets of one per class from the
+            *same* prefix, taken only where the last prompt shows every class, so the classes
+            differ only in the chosen move, never in what the model saw (the confound control).
         max_attempts: Walk attempts per maze before it is skipped.
         max_mazes: Give up after this many mazes (default ``1000 * per_class`` bound).
 
     Returns:
-        ``per_class * len(classes)`` trajectories; ``meta`` holds ``design="shared_prefix"`` and
-        ``source`` (``"walk"`` or ``"detour"``). Order: maze by maze.
+        ``per_class * len(classes)`` trajectories; ``meta`` holds ``design`` and ``source``
+        (``"walk"`` or ``"detour"``). Order: maze by maze.
 
     Raises:
         MazeConfigError: on a bad count, class or length.
@@ -113,6 +119,10 @@ def shared_prefix_trajectories(
     """
     cfg = cfg if cfg is not None else MazeConfig()
     names = _check_classes(classes)
+    if design not in ("shared_prefix", "minimal_pairs"):
+        raise MazeConfigError(
+            f"Unknown design {design!r}.", hint="Use 'shared_prefix' or 'minimal_pairs'."
+        )
     base = check_seed(seed)
     _check_per_class(per_class)
     lens = sorted(set(_check_lengths(lengths, cfg.turns)))
@@ -146,13 +156,24 @@ def shared_prefix_trajectories(
         branch = env.copy()
         branch.step(move, wind=None)
         out.append(
-            Trajectory.from_env(
-                branch, label=name, meta={"design": "shared_prefix", "source": source}
-            )
+            Trajectory.from_env(branch, label=name, meta={"design": design, "source": source})
         )
         used[name][move] += 1
         quota[name][branch.turn] -= 1
         remaining -= 1
+
+    pairs = design == "minimal_pairs"
+
+    def take_all(
+        env: MazeEnv, turn: int, rng: np.random.Generator, source: str, prefer: Action | None = None
+    ) -> None:
+        """Minimal pairs: one sample of every class from this prefix, or none at all."""
+        if any(quota[name].get(turn, 0) <= 0 for name in names):
+            return
+        options = {name: _moves_onto(env, Tile.from_name(name)) for name in names}
+        if all(options.values()):
+            for name in names:
+                take(env, name, options[name], rng, source, prefer if name == "path" else None)
 
     maze_index = 0
     while remaining > 0:
@@ -175,12 +196,16 @@ def shared_prefix_trajectories(
             continue
         env = MazeEnv(ecfg, maze)
         for turn, action in enumerate(walk[0], start=1):
-            for name in names:
-                if quota[name].get(turn, 0) <= 0:
-                    continue
-                moves = _moves_onto(env, Tile.from_name(name))
-                if moves:
-                    take(env, name, moves, rng, "walk", prefer=action if name == "path" else None)
+            if pairs:
+                take_all(env, turn, rng, "walk", prefer=action)
+            else:
+                for name in names:
+                    if quota[name].get(turn, 0) <= 0:
+                        continue
+                    moves = _moves_onto(env, Tile.from_name(name))
+                    if moves:
+                        prefer = action if name == "path" else None
+                        take(env, name, moves, rng, "walk", prefer=prefer)
             if detours and "gold" in names and quota["gold"].get(turn + 1, 0) > 0:
                 for alt in _moves_onto(env, Tile.PATH):
                     if alt == action or quota["gold"].get(turn + 1, 0) <= 0:
@@ -188,6 +213,9 @@ def shared_prefix_trajectories(
                     detour = env.copy()
                     detour.step(alt, wind=None)
                     if detour.done:
+                        continue
+                    if pairs:
+                        take_all(detour, turn + 1, rng, "detour")
                         continue
                     golds = _moves_onto(detour, Tile.GOLD)
                     if golds:
