@@ -56,6 +56,9 @@ def test_finished_stages_are_skipped(quick_run: Path, capsys: pytest.CaptureFixt
     assert "skipped" in capsys.readouterr().out
     assert summary["stage"] == "analyze"
     assert (quick_run / "analyze" / "analysis.json").stat().st_mtime_ns == before
+    # The same folder with other settings: an error, not the old results.
+    with pytest.raises(ConfigError, match="per_class"):
+        run_stage("analyze", cfg.updated({"per_class": 99}), quick_run)
 
 
 def test_config_sources_and_errors(tmp_path: Path) -> None:

@@ -597,7 +597,7 @@ def capture(
             hook=hook,
             coordinate_mode=info.coordinate_mode,
             position_rule=position if isinstance(position, str) else "custom",
-            design="branches" if branches else "paper",
+            design="branches" if branches else _design_of(trajectories),
             info={"layers": chosen, "reduce": reduce},
             n_buckets=n_buckets,
             second_moments=second_moments,
@@ -690,6 +690,12 @@ def _composition(
     else:
         regression = SeenTileRegression(stats.n_layers, stats.d_model)
     return regression, composition_features(trajectories)
+
+
+def _design_of(trajectories: Sequence[Any]) -> str:
+    """The sampling design recorded by the trajectories (``meta["design"]``), else "paper"."""
+    designs = {str((getattr(t, "meta", None) or {}).get("design", "paper")) for t in trajectories}
+    return designs.pop() if len(designs) == 1 else "mixed"
 
 
 def _fingerprint(

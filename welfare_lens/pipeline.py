@@ -572,8 +572,18 @@ def run_stage(
     out = Path(out)
     done = out / stage / "done.json"
     if done.exists() and not force:
+        summary = dict(_read_json(done))
+        before = summary.get("config", {})
+        changed = sorted(
+            k for k, v in cfg.to_dict().items() if _jsonish(before.get(k)) != _jsonish(v)
+        )
+        if changed:
+            raise ConfigError(
+                f"Stage {stage!r} in {out} was run with other settings ({', '.join(changed)}).",
+                hint="Use another --out for the new settings, or --force to rerun this stage.",
+            )
         print(f"[{stage}] already done ({done}); skipped", flush=True)
-        return dict(_read_json(done))
+        return summary
     if models is None:
         models = _Models(cfg, out)
     torch.manual_seed(cfg.seed)
@@ -588,6 +598,11 @@ def run_stage(
     _write_json(done, summary)
     print(f"[{stage}] done in {summary['seconds']:.0f} s", flush=True)
     return summary
+
+
+def _jsonish(value: Any) -> Any:
+    """A value as it reads back from JSON (tuples as lists), for comparing configs."""
+    return json.loads(json.dumps(value, default=_json_default))
 
 
 def run_pipeline(

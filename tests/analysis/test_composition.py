@@ -123,6 +123,7 @@ def test_capture_records_composition(tiny_model: Any, one_thread: None, tmp_path
     with pytest.warns(RuntimeWarning, match="differ in what the model saw"):
         stats = wl.capture(tiny_model, paper, progress=False)
     assert stats.info["composition"]["flagged"]
+    assert stats.metadata.design == "shared_prefix"
     seen = seen_tile_vectors(stats)
     assert seen["gold"].shape == (tiny_model.cfg.n_layers, tiny_model.cfg.d_model)
     stats.save(tmp_path / "s")
@@ -135,5 +136,6 @@ def test_capture_records_composition(tiny_model: Any, one_thread: None, tmp_path
         warnings.simplefilter("error")
         balanced = wl.capture(tiny_model, pairs, progress=False)
     assert not balanced.info["composition"]["flagged"]
+    assert balanced.metadata.design == "minimal_pairs"
     with pytest.raises(DataError, match="composition"):
         seen_tile_vectors(wl.capture(tiny_model, paper, progress=False, composition=False))
