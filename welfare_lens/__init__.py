@@ -5,7 +5,18 @@ models recruits a functional welfare axis": an emoji maze, a compact GRPO loop, 
 welfare vectors, geometric analyses and steering evaluations.
 """
 
-from welfare_lens import analysis, chat, hooks, maze, pipeline, plots, report, rl, steering
+from welfare_lens import (
+    analysis,
+    chat,
+    hooks,
+    interop,
+    maze,
+    pipeline,
+    plots,
+    report,
+    rl,
+    steering,
+)
 from welfare_lens.capture import capture, project
 from welfare_lens.chat import RenderedChat, action_token_ids, render_chat
 from welfare_lens.errors import WelfareLensError
@@ -40,6 +51,7 @@ __all__ = [
     "control_vectors",
     "hook_name",
     "hooks",
+    "interop",
     "known_models",
     "load_model",
     "maze",

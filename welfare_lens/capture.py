@@ -29,7 +29,13 @@ from tqdm.auto import tqdm
 
 from welfare_lens._memory import free_memory, is_out_of_memory, warn_back_off
 from welfare_lens.chat import RenderedChat, action_token_ids, pad_rendered, render_chat
-from welfare_lens.errors import DataError, ShapeError, TokenizationError, VectorError
+from welfare_lens.errors import (
+    DataError,
+    ResourceError,
+    ShapeError,
+    TokenizationError,
+    VectorError,
+)
 from welfare_lens.hooks import HookKind, capture_hooks, hook_name, n_layers, resolve_layers
 from welfare_lens.maze.config import Tile
 from welfare_lens.models import model_info
@@ -253,8 +259,13 @@ def _activation_batches(
             try:
                 acts, select = forward(batch)  # acts [n_sel, L, d]
             except RuntimeError as err:  # torch.OutOfMemoryError is one
-                if not is_out_of_memory(err) or size == 1:
+                if not is_out_of_memory(err):
                     raise
+                if size == 1:
+                    raise ResourceError(
+                        "One conversation does not fit in memory.",
+                        hint="Use a smaller dtype, fewer layers, or a device with more memory.",
+                    ) from err
                 free_memory()
                 warn_back_off("batch_size", size, size // 2)
                 size //= 2

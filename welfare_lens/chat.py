@@ -390,8 +390,14 @@ def action_token_ids(
         ``{action: token_id}``.
 
     Raises:
-        TokenizationError: if an action is not one token there, or two actions share a token.
+        TokenizationError: if an action is not one token there, two actions share a token, or
+            an action is listed twice.
     """
+    if isinstance(actions, str) or len(set(actions)) != len(actions):
+        raise TokenizationError(
+            f"actions must be distinct strings, got {actions!r}.",
+            hint="Pass each action once, e.g. ('N', 'E', 'S', 'W').",
+        )
     ids: dict[str, int] = {}
     for action in actions:
         rendered = render_chat(

@@ -55,3 +55,7 @@ class TrainingError(WelfareLensError, RuntimeError):
 
 class ConfigError(WelfareLensError, ValueError):
     """A pipeline setting or config file is invalid (unknown key, bad value, unreadable TOML)."""
+
+
+class ResourceError(WelfareLensError, MemoryError):
+    """The device ran out of memory even at the smallest batch (batches are halved first)."""

@@ -22,6 +22,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import struct
 import tempfile
 import time
 from collections.abc import Iterator
@@ -292,7 +293,16 @@ def _from_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
                 hint="Only GGUF architectures supported by transformers load (Llama, Qwen2/3, "
                 "Gemma 3, ...); convert the model to a safetensors folder and pass the folder.",
             ) from err
-        raise ModelLoadError(f"Could not read {path}: {message}") from err
+        raise ModelLoadError(
+            f"Could not read {path}: {message}",
+            hint="Check that the file is a complete GGUF model (re-download or re-convert it).",
+        ) from err
+    except (struct.error, EOFError, OSError, IndexError, KeyError) as err:
+        raise ModelLoadError(
+            f"{path} is truncated or not a GGUF model file ({type(err).__name__}: {err}).",
+            hint="Re-download or re-convert the model; a complete GGUF starts with 'GGUF' and "
+            "holds a tokenizer and weights.",
+        ) from err
     # A dequantized GGUF model refuses save_pretrained while it still carries its quantizer;
     # after dequantization the weights are ordinary float tensors, so the marker can go.
     model: Any = hf

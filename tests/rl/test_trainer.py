@@ -386,5 +386,7 @@ def test_update_backs_off_on_out_of_memory(monkeypatch: pytest.MonkeyPatch) -> N
     for a, b in zip(backed_off, direct, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     # Other errors, and out-of-memory at micro-batch size 1, are not swallowed.
-    with pytest.raises(torch.OutOfMemoryError):
+    from welfare_lens.errors import ResourceError
+
+    with pytest.raises(ResourceError, match="does not fit"):
         run(1, fail_above=0)

@@ -422,6 +422,13 @@ class MazeConfig:
                         f"Unknown emoji key {bad!r}.",
                         hint=f"Did you mean {_closest(bad, ['mold', 'gold', 'path'])!r}?",
                     )
+                missing = [k for k in ("mold", "gold", "path") if k not in value]
+                if missing:
+                    raise MazeConfigError(
+                        f"The emoji mapping lacks the key(s) {missing}.",
+                        hint="Give a symbol for each of 'mold', 'gold' and 'path', or leave "
+                        "'emoji' out for the paper's trio.",
+                    )
                 value = TileEmoji(**value)
             elif key in ("walk_steps_range", "mold_fraction_range") and isinstance(value, list):
                 value = tuple(value)

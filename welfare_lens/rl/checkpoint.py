@@ -295,6 +295,23 @@ def save_trainer(trainer: GRPOTrainer, path: str | Path | None = None) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
+def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file; missing, truncated or corrupt files are TrainingErrors."""
+    if not file.is_file():
+        raise TrainingError(
+            f"{file} is missing: the checkpoint is incomplete.",
+            hint="Load an earlier checkpoint-* folder of the run, or re-run the training.",
+        )
+    try:
+        return load_file(str(file))
+    except Exception as err:  # safetensors raises its own error types for truncation/garbage
+        raise TrainingError(
+            f"{file} could not be read as safetensors ({type(err).__name__}: {err}); it is "
+            "truncated or corrupt.",
+            hint="Load an earlier checkpoint-* folder of the run, or re-run the training.",
+        ) from err
+
+
 def _load_weights(trainer: GRPOTrainer, ckpt: Path) -> None:
     if trainer.peft_model is not None:
         from peft import set_peft_model_state_dict
@@ -305,7 +322,7 @@ def _load_weights(trainer: GRPOTrainer, ckpt: Path) -> None:
                 f"{ckpt} has no {ADAPTER_FILE}: it is not a LoRA checkpoint.",
                 hint="Resume with the finetune mode the run was trained with.",
             )
-        result = set_peft_model_state_dict(trainer.peft_model, load_file(file))
+        result = set_peft_model_state_dict(trainer.peft_model, _read_tensors(file))
         unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
         if unexpected:
             raise TrainingError(
@@ -323,7 +340,7 @@ def _load_full(hf: Any, ckpt: Path) -> None:
             f"{ckpt} has no {MODEL_FILE}: it is not a full fine-tuning checkpoint.",
             hint="LoRA checkpoints hold adapter_model.safetensors.",
         )
-    saved = load_file(file)
+    saved = _read_tensors(file)
     params = dict(hf.named_parameters())
     missing = sorted(set(params) - set(saved))
     extra = sorted(set(saved) - set(params))
@@ -339,7 +356,7 @@ def _load_full(hf: Any, ckpt: Path) -> None:
 
 
 def _load_optimizer(trainer: GRPOTrainer, ckpt: Path, meta: Mapping[str, Any]) -> None:
-    tensors = load_file(ckpt / OPTIMIZER_FILE)
+    tensors = _read_tensors(ckpt / OPTIMIZER_FILE)
     scalars: Mapping[str, Mapping[str, Any]] = meta.get("scalars", {})
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
@@ -366,7 +383,7 @@ def _load_optimizer(trainer: GRPOTrainer, ckpt: Path, meta: Mapping[str, Any]) -
 
 
 def _restore_rng(ckpt: Path, meta: Mapping[str, Any]) -> None:
-    tensors = load_file(ckpt / RNG_FILE)
+    tensors = _read_tensors(ckpt / RNG_FILE)
     torch.set_rng_state(tensors["torch"])
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda.")]
     if cuda and torch.cuda.is_available():
@@ -503,10 +520,11 @@ def load_checkpoint(path: str | Path, model: Any = None, *, merge: bool = True) 
             for name in lora.target_modules or ()
             for parent, _, attr in [name.rpartition(".")]
         ]
+        adapter = _read_tensors(ckpt / ADAPTER_FILE)  # before the model is modified in place
         with _fork_rng(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             peft_model = get_peft_model(hf, lora)
-        set_peft_model_state_dict(peft_model, load_file(ckpt / ADAPTER_FILE))
+        set_peft_model_state_dict(peft_model, adapter)
         if merge:
             _merge_in_place(sites)
         else:

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from welfare_lens._memory import free_memory, is_out_of_memory, warn_back_off
 from welfare_lens.chat import action_token_ids, render_chat
-from welfare_lens.errors import TrainingError
+from welfare_lens.errors import ResourceError, TrainingError
 from welfare_lens.maze.config import MazeConfig, Tile
 from welfare_lens.maze.policies import OptimalPolicy, run_episode
 from welfare_lens.rl.config import GRPOConfig
@@ -704,8 +704,13 @@ class GRPOTrainer:
                 return self._update_once(batch, adv)
             except RuntimeError as err:  # torch.OutOfMemoryError is one
                 size = self._micro_batches(batch["input_ids"].shape[0])[0].stop
-                if not is_out_of_memory(err) or size <= 1 or self._updated_in_step:
+                if not is_out_of_memory(err) or self._updated_in_step:
                     raise
+                if size <= 1:
+                    raise ResourceError(
+                        "One episode does not fit in memory for the update.",
+                        hint="Shorten episodes (turns), use LoRA, or a device with more memory.",
+                    ) from err
                 self.optimizer.zero_grad(set_to_none=True)
                 free_memory()
                 warn_back_off("micro_batch_size", size, size // 2)

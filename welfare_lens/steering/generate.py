@@ -28,8 +28,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from welfare_lens._memory import free_memory, is_out_of_memory, warn_back_off
 from welfare_lens.chat import RenderedChat, TemplateChoice, render_chat
-from welfare_lens.errors import ShapeError, TokenizationError
+from welfare_lens.errors import ResourceError, ShapeError, TokenizationError
 from welfare_lens.steering.steer import SteeringSpec, assistant_positions, steer_many
 
 __all__ = [
@@ -283,7 +284,10 @@ def generate(
         ``len(prompts) * samples`` generations, prompt-major.
 
     Raises:
-        ShapeError, TokenizationError: malformed prompts.
+        ShapeError, TokenizationError: malformed prompts or a bad ``batch_size``.
+        ResourceError: the device ran out of memory even one sample at a time. Larger batches
+            that run out of memory are halved first, with a warning (results are unchanged:
+            every sample has its own generator).
     """
     if max_new_tokens < 1:
         raise ShapeError(f"max_new_tokens must be >= 1, got {max_new_tokens}.", hint="Pass 1+.")
@@ -302,7 +306,14 @@ def generate(
     if stop_strings is None:
         stop_strings = () if getattr(tokenizer, "chat_template", None) else ("### User:",)
     stop_strings = tuple(stop_strings)
-    width = min(samples, 32) if batch_size is None else max(1, int(batch_size))
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ShapeError(
+            f"batch_size must be a positive integer or None, got {batch_size!r}.",
+            hint="Pass e.g. batch_size=8, or None to decode all samples of a prompt together.",
+        )
+    width = min(samples, 32) if batch_size is None else batch_size
     device = _model_device(model)
     pad = next(iter(sorted(stops)), 0)
     results: list[Generation] = []
@@ -315,10 +326,11 @@ def generate(
     with _maybe_steer(model, steering):
         for index, prompt in iterator:
             ids, gen_mask, display = render_prompt(tokenizer, prompt, template=template)
-            for first in range(0, samples, width):
+            first = 0
+            while first < samples:
                 rows = list(range(first, min(samples, first + width)))
-                results.extend(
-                    _generate_rows(
+                try:
+                    rows_out = _generate_rows(
                         model,
                         ids,
                         gen_mask,
@@ -336,7 +348,23 @@ def generate(
                         device=device,
                         stats=stats,
                     )
-                )
+                except RuntimeError as err:  # torch.OutOfMemoryError is one
+                    if not is_out_of_memory(err):
+                        raise
+                    free_memory()
+                    if width == 1:
+                        raise ResourceError(
+                            "generate ran out of memory even with batch_size=1 "
+                            f"({type(err).__name__}: {str(err).strip()[:200]}).",
+                            hint="Lower max_new_tokens, shorten the prompt, load the model in a "
+                            "smaller dtype (e.g. torch.bfloat16), or use a larger device.",
+                        ) from err
+                    # Each sample has its own generator, so a smaller batch gives the same text.
+                    warn_back_off("batch_size", width, width // 2)
+                    width //= 2
+                    continue
+                results.extend(rows_out)
+                first += len(rows)
     if stats is not None:
         stats.seconds += time.perf_counter() - started
     return results

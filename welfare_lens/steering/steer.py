@@ -530,9 +530,15 @@ def _prepare(model: Any, spec: SteeringSpec) -> tuple[str, _SteeringHook]:
             f"Unknown position rule {spec.positions!r}.",
             hint=f"Use one of {_RULES}, a boolean mask, or token indices.",
         )
-    alpha = float(spec.alpha)
-    if not math.isfinite(alpha):
-        raise VectorError(f"alpha must be finite, got {spec.alpha!r}.", hint="Pass a number.")
+    try:
+        alpha = float(spec.alpha)
+    except (TypeError, ValueError):
+        alpha = math.nan
+    if isinstance(spec.alpha, bool) or not math.isfinite(alpha):
+        raise VectorError(
+            f"alpha must be a finite number, got {spec.alpha!r}.",
+            hint="Pass a float such as 2.0 (the paper sweeps alpha over -4..4).",
+        )
     total = n_layers(model)
     layer = resolve_layer(spec.layer, total)
     if isinstance(spec.vector, ConceptVectors):
