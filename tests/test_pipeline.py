@@ -46,7 +46,7 @@ def test_reproduce_writes_every_stage(quick_run: Path) -> None:
         assert vectors == {"v_mold", "v_gold", "u_mold", "u_gold"}
     evaluate = json.loads((quick_run / "evaluate" / "evaluate.json").read_text())
     assert set(evaluate) == {"untrained", "trained"}
-    assert evaluate["trained"]["n_mazes"] == 6
+    assert evaluate["trained"]["n_mazes"] == 4
 
 
 def test_finished_stages_are_skipped(quick_run: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -132,15 +132,15 @@ class PipelineConfig:
                 "train_steps": 2,
                 "mazes_per_step": 2,
                 "episodes_per_maze": 4,
-                "per_class": 60,
+                "per_class": 45,
                 "holdout": 0.25,
-                "tracking_per_class": 12,
-                "stories_per_emotion": 2,
+                "tracking_per_class": 8,
+                "stories_per_emotion": 1,
                 "alphas": (-4.0, 0.0, 4.0),
                 "eval_items": 2,
                 "eval_samples": 1,
-                "max_new_tokens": 16,
-                "eval_mazes": 6,
+                "max_new_tokens": 12,
+                "eval_mazes": 4,
             }
             quick.update(overrides)
             return cls(**quick)
