@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--vectors", type=Path, default=None, help="use these u instead")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a trained run (then v)")
+    parser.add_argument("--emotions", type=Path, default=None, help="reuse these emotion vectors")
     parser.add_argument("--prompt-format", default="paper", choices=["paper", "compact"])
     parser.add_argument("--control", type=Path, default=None, help="control u for v's analyses")
     args = parser.parse_args()
@@ -107,9 +108,12 @@ def main() -> None:
         print(name, "top:", r.top_tokens, "bottom:", r.bottom_tokens, flush=True)
 
     clock = time.perf_counter()
-    emotions = emotion_vectors(model)
-    report["emotion_seconds"] = time.perf_counter() - clock
-    emotions.save(out / "emotions")
+    if args.emotions is not None:
+        emotions = wl.ConceptVectors.load(args.emotions)
+    else:
+        emotions = emotion_vectors(model)
+        report["emotion_seconds"] = time.perf_counter() - clock
+        emotions.save(out / "emotions")
     pca = emotion_pca(emotions, load_emotions(), v=u)
     report["emotion_pca"] = pca.to_dict() if hasattr(pca, "to_dict") else repr(pca)
     align = emotion_alignment(u, emotions, control=control)
