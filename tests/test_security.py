@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import pickle
 import socket
 from collections.abc import Iterator
@@ -320,3 +321,63 @@ def test_capture_vectors_save_load_run_with_sockets_disabled(
     assert stats_back.counts == stats.counts == {"mold": 3, "gold": 3, "path": 3}
     back.check_compatible(model)
     assert no_network == []
+
+
+PIPELINE_CHILD = """
+import socket, sys
+def refuse(*args, **kwargs):
+    raise OSError("network access attempted")
+for name in ("create_connection", "getaddrinfo", "gethostbyname"):
+    setattr(socket, name, refuse)
+socket.socket.connect = refuse
+socket.socket.connect_ex = refuse
+import torch
+torch.set_num_threads(1)
+from welfare_lens.cli import main
+raise SystemExit(main(["reproduce", "--quick", "--model", "tiny-llama", "--out", sys.argv[1]]))
+"""
+
+
+def test_pipeline_runs_offline_and_writes_only_its_output_folder(tmp_path: Path) -> None:
+    """The whole pipeline with sockets disabled; afterwards only --out (and the model cache)
+    has new files."""
+    import subprocess
+    import sys
+
+    work, home, tmp = tmp_path / "work", tmp_path / "home", tmp_path / "tmp"
+    for folder in (work, home, tmp):
+        folder.mkdir()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(home),
+        "TMPDIR": str(tmp),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "HF_HOME": str(home / "hf"),
+        "MPLCONFIGDIR": str(home / "mpl"),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", PIPELINE_CHILD, "out"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "network access attempted" not in proc.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["out"]
+    assert (work / "out" / "report.html").exists()
+    # The one exception, by design: the model cache (WELFARE_LENS_CACHE, default
+    # ~/.cache/welfare_lens) that load_model fills once (here the tiny models' tokenizer).
+    cache = home / ".cache" / "welfare_lens"
+    stray = [
+        str(p)
+        for folder in (home, tmp)
+        for p in folder.rglob("*")
+        if p.is_file() and cache not in p.parents
+    ]
+    assert stray == []
