@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
@@ -207,7 +208,7 @@ def _activation_batches(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     add_prompt = position == "generation_prompt"
 
-    rendered: list[tuple[RenderedChat, Tensor, _Item]] = []
+    rendered: list[tuple[Any, Tensor, _Item]] = []
     for index, obj in enumerate(items):
         item = _as_item(obj, index)
         chat = render_chat(
@@ -220,7 +221,13 @@ def _activation_batches(
                 hint="End each conversation with an assistant move (last_action/assistant), "
                 "or with a user message (generation_prompt).",
             )
-        rendered.append((chat, mask, item))
+        if share:
+            # Keep only what the shared-prefix pass needs, compactly (4 bytes per token):
+            # memory must not grow much with the number of conversations.
+            compact = _Compact(chat.input_ids.numpy().astype(np.int32), mask.nonzero().squeeze(1))
+            rendered.append((compact, torch.empty(0), item))
+        else:
+            rendered.append((chat, mask, item))
     if not rendered:
         raise DataError("No trajectories to capture.", hint="Pass at least one.")
 
@@ -298,6 +305,20 @@ def _crop_cache(past: Any, length: int) -> None:
         past.crop(-remove)
 
 
+@dataclass(frozen=True)
+class _Compact:
+    """A conversation as the shared-prefix pass needs it: token ids and the positions read."""
+
+    ids: np.ndarray[Any, np.dtype[np.int32]]
+    selected: Tensor
+
+
+def _common_prefix_array(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> int:
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if differ.size else n
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -309,7 +330,7 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 def _iter_shared_prefixes(
     model: Any,
-    rendered: list[tuple[RenderedChat, Tensor, _Item]],
+    rendered: list[tuple[Any, Tensor, _Item]],  # (_Compact, unused, item)
     names: list[str],
     stop_at_layer: int,
     reduce: Literal["tokens", "mean"],
@@ -331,26 +352,26 @@ def _iter_shared_prefixes(
     from transformers import DynamicCache
 
     device = getattr(getattr(model, "cfg", None), "device", None)
-    ids = [chat.input_ids.tolist() for chat, _, _ in rendered]
-    order = sorted(range(len(rendered)), key=lambda i: ids[i])
+    # Big-endian bytes sort like the token-id sequences themselves (a prefix sorts first).
+    order = sorted(range(len(rendered)), key=lambda i: rendered[i][0].ids.astype(">u4").tobytes())
     bar = tqdm(total=len(order), desc=description, disable=not progress, unit="conv")
     bar.update(min(skip, len(order)))
     past: Any = None
-    cached: list[int] = []
+    cached = np.zeros(0, dtype=np.int32)
     pieces: list[Tensor] = []
     labels: list[str] = []
     groups: list[int] = []
     indices: list[int] = []
     try:
         for count, index in enumerate(order[skip:], start=1):
-            chat, mask, item = rendered[index]
-            selected = mask.nonzero().squeeze(1)
-            keep = min(_common_prefix(cached, ids[index]), int(selected[0]))
+            compact, _, item = rendered[index]
+            selected = compact.selected
+            keep = min(_common_prefix_array(cached, compact.ids), int(selected[0]))
             if past is None or keep == 0:
                 past, keep = DynamicCache(), 0
             else:
                 _crop_cache(past, keep)
-            tokens = chat.input_ids[keep:].unsqueeze(0)
+            tokens = torch.from_numpy(compact.ids[keep:].astype(np.int64)).unsqueeze(0)
             if device is not None:
                 tokens = tokens.to(device)
             store: dict[str, Tensor] = {}
@@ -362,7 +383,7 @@ def _iter_shared_prefixes(
                     stop_at_layer=stop_at_layer,
                     return_type=None,
                 )
-            cached = ids[index]
+            cached = compact.ids
             acts = torch.stack([store[name][0] for name in names], dim=1).cpu()  # [n_sel, L, d]
             if reduce == "mean":
                 acts = acts.mean(dim=0, keepdim=True)
