@@ -512,28 +512,26 @@ def _evaluate(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]
 
     result: dict[str, Any] = {}
     for tag, get in (("untrained", models.naive), ("trained", models.trained)):
-        evaluator = _PolicyEvaluator(get(), _maze_cfg(cfg), GRPOConfig(progress=False))
-        result[tag] = evaluator.run(cfg.eval_mazes)
+        result[tag] = _held_out_returns(
+            get(), _maze_cfg(cfg), GRPOConfig().temperature, cfg.eval_mazes
+        )
     return _finite(result)
 
 
-class _PolicyEvaluator:
+def _held_out_returns(
+    model: Any, maze_cfg: Any, temperature: float, n_mazes: int
+) -> dict[str, Any]:
     """Held-out maze returns of a policy (the same mazes and seeds for every model)."""
+    from welfare_lens.maze import MazeEnv
+    from welfare_lens.rl.rollout import rollout
+    from welfare_lens.rl.trainer import episode_metrics
 
-    def __init__(self, model: Any, maze_cfg: Any, config: Any) -> None:
-        self.model, self.maze_cfg, self.config = model, maze_cfg, config
-
-    def run(self, n_mazes: int, seed: int = 1_000_003) -> dict[str, Any]:
-        from welfare_lens.maze import MazeEnv
-        from welfare_lens.rl.rollout import rollout
-        from welfare_lens.rl.trainer import episode_metrics
-
-        envs = [MazeEnv(self.maze_cfg, seed + i) for i in range(n_mazes)]
-        episodes = rollout(self.model, envs, temperature=self.config.temperature, seed=seed)
-        metrics = episode_metrics(episodes, 1)
-        metrics["n_mazes"] = n_mazes
-        metrics["return_se"] = float(metrics["reward_std"]) / math.sqrt(max(n_mazes, 1))
-        return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
+    seed = 1_000_003
+    envs = [MazeEnv(maze_cfg, seed + i) for i in range(n_mazes)]
+    metrics = episode_metrics(rollout(model, envs, temperature=temperature, seed=seed), 1)
+    metrics["n_mazes"] = n_mazes
+    metrics["return_se"] = float(metrics["reward_std"]) / math.sqrt(max(n_mazes, 1))
+    return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
 
 
 def _report(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
