@@ -20,7 +20,7 @@ import time
 import torch
 
 import welfare_lens as wl
-from welfare_lens.capture import _common_prefix
+from welfare_lens.capture import distinct_prefix_tokens
 
 
 def main() -> None:
@@ -93,19 +93,6 @@ def main() -> None:
     shared_prefix_line(model, trajs, t_ind, args.shared)
 
 
-def distinct_tokens(model: object, trajectories: list[object]) -> int:
-    """Tokens a prefix-sharing encoder runs: each conversation minus its overlap with the last."""
-    seqs = sorted(
-        wl.render_chat(model.tokenizer, t.messages).input_ids.tolist() for t in trajectories
-    )  # type: ignore[attr-defined]
-    total, previous = 0, []
-    for seq in seqs:
-        shared = _common_prefix(previous, seq)
-        total += len(seq) - min(shared, len(seq) - 1)
-        previous = seq
-    return total
-
-
 def shared_prefix_line(model: object, trajs: list[object], t_independent: float, n: int) -> None:
     """(f) Independent trajectories vs shared-prefix samples: tokens and time per sample."""
     shared = wl.maze.shared_prefix_trajectories(per_class=n)
@@ -113,7 +100,7 @@ def shared_prefix_line(model: object, trajs: list[object], t_independent: float,
     wl.capture(model, shared, progress=False)
     t_shared = time.perf_counter() - start
     tok_ind = sum(len(wl.render_chat(model.tokenizer, t.messages)) for t in trajs) / len(trajs)  # type: ignore[attr-defined]
-    tok_sh = distinct_tokens(model, shared) / len(shared)
+    tok_sh = distinct_prefix_tokens(model, shared) / len(shared)
     per_ind = 1000 * t_independent / len(trajs)
     per_sh = 1000 * t_shared / len(shared)
     print(f"  (f) independent: {tok_ind:7.1f} tokens/sample, {per_ind:7.1f} s per 1,000 samples")

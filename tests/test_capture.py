@@ -306,3 +306,37 @@ def test_capture_checkpoint_resumes_exactly(
     # Other trajectories against the same checkpoint: a clear error, nothing mixed.
     with pytest.raises(DataError, match="other trajectories"):
         capture(model, items[:-1], progress=False, checkpoint=ckpt)
+
+
+def test_distinct_prefix_tokens_by_hand() -> None:
+    from types import SimpleNamespace
+
+    from welfare_lens.capture import distinct_prefix_tokens
+
+    model = wl.load_model("tiny-llama")
+    a = SimpleNamespace(messages=_conversation(3, "N", 1))
+    b = SimpleNamespace(messages=_conversation(3, "E", 1))  # differs only in the last move
+    ids_a = wl.render_chat(model.tokenizer, a.messages).input_ids.tolist()
+    ids_b = wl.render_chat(model.tokenizer, b.messages).input_ids.tolist()
+    shared = next(i for i, (x, y) in enumerate(zip(ids_a, ids_b, strict=False)) if x != y)
+    assert distinct_prefix_tokens(model, [a]) == len(ids_a)
+    # A duplicate costs one token (its last position is read again); a sibling only its tail.
+    assert distinct_prefix_tokens(model, [a, a]) == len(ids_a) + 1
+    first, second = sorted([ids_a, ids_b])
+    assert distinct_prefix_tokens(model, [b, a]) == len(first) + len(second) - shared
+    assert len(ids_b) - shared < 10 < shared
+
+
+def test_bfloat16_model_accumulates_in_float64() -> None:
+    # A half-precision model (what a GPU run uses) still gets float64 class statistics, and its
+    # class means agree with the float32 model's to bf16 precision.
+    items = _items(9)
+    full = capture(wl.load_model("tiny-llama"), items, progress=False)
+    half_model = wl.load_model("tiny-llama", dtype=torch.bfloat16)
+    assert next(half_model.parameters()).dtype == torch.bfloat16
+    half = capture(half_model, items, progress=False)
+    assert half.sum.dtype == torch.float64 and half.m2 is not None
+    assert half.m2.dtype == torch.float64
+    for c in LABELS:
+        cos = torch.nn.functional.cosine_similarity(full.mean(c), half.mean(c), dim=-1)
+        assert bool((cos > 0.99).all()), (c, cos)

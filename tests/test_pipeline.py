@@ -77,6 +77,9 @@ def test_config_sources_and_errors(tmp_path: Path) -> None:
         PipelineConfig(evaluations=("sentiment", "vibes"))
     with pytest.raises(ConfigError, match="per_class"):
         PipelineConfig(per_class=-5)
+    with pytest.raises(ConfigError, match="dtype"):
+        PipelineConfig(dtype="float8")
+    assert PipelineConfig(dtype="bfloat16").dtype == "bfloat16"
     with pytest.raises(ConfigError, match="preset"):
         PipelineConfig.preset("huge")
     paper = PipelineConfig.preset("paper")

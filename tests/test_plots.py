@@ -731,3 +731,21 @@ def test_maze_from_an_environment_and_trajectory() -> None:
     assert fig.data[0].text is None
     assert f"return {t.total_reward:+.1f}" in fig.layout.title.text
     assert "reward +19.9" in trace(fig, "trajectory").hovertext[1]
+
+
+def test_design_comparison_curves_and_errors() -> None:
+    paper = [0.9, -0.4, -0.8, -0.6]
+    pairs = {"per_layer": [0.2, 0.1, 0.3, -0.1], "ci_low": [0.0] * 4, "ci_high": [0.4] * 4}
+    fig = plots.design_comparison({"paper": paper, "minimal pairs": pairs}, d_model=100)
+    styled(fig)
+    assert names(fig)[0] == "random-direction null ±1.96/√d (0.196)"
+    assert list(trace(fig, "paper").y) == paper
+    assert list(trace(fig, "minimal pairs").y) == pairs["per_layer"]
+    assert "minimal pairs bootstrap CI" in names(fig)
+    stars = [t for t in fig.data if t.name in ("paper min", "minimal pairs min")]
+    assert [(t.x[0], t.y[0]) for t in stars] == [(2, -0.8), (3, -0.1)]
+    assert "paper min -0.800 @ L2" in fig.layout.title.text
+    with pytest.raises(DataError):
+        plots.design_comparison({})
+    with pytest.raises(ShapeError):
+        plots.design_comparison({"a": [0.1, 0.2], "b": [0.1, 0.2, 0.3]})

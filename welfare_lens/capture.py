@@ -47,6 +47,7 @@ __all__ = [
     "PositionRule",
     "Projections",
     "capture",
+    "distinct_prefix_tokens",
     "iter_activations",
     "project",
 ]
@@ -326,6 +327,23 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+def distinct_prefix_tokens(model: Any, trajectories: Iterable[Any]) -> int:
+    """Tokens a prefix-sharing encoder runs for these conversations (issue: extraction cost).
+
+    Sorts the rendered conversations by token ids and counts, for each, the tokens after its
+    common prefix with the one before (at least its last token): one forward pass per distinct
+    prefix. Rendering only; no forward pass. Independent trajectories share little more than
+    the system prompt, so this is close to their total length.
+    """
+    seqs = sorted(render_chat(model.tokenizer, t.messages).input_ids.tolist() for t in trajectories)
+    total = 0
+    previous: list[int] = []
+    for seq in seqs:
+        total += len(seq) - min(_common_prefix(previous, seq), len(seq) - 1)
+        previous = seq
+    return total
 
 
 def _iter_shared_prefixes(

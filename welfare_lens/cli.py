@@ -84,6 +84,8 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
         changes["model"] = args.model
     if args.device is not None:
         changes["device"] = args.device
+    if args.dtype is not None:
+        changes["dtype"] = args.dtype
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
@@ -135,6 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         stage.add_argument("--out", default="runs/reproduce", help="output folder")
         stage.add_argument("--model", default=None, help="model key (default SmolLM2)")
         stage.add_argument("--device", default=None, help="torch device, e.g. cuda")
+        stage.add_argument(
+            "--dtype",
+            default=None,
+            choices=["float32", "bfloat16", "float16"],
+            help="model weights (default float32; bfloat16 on a GPU); statistics stay float64",
+        )
         stage.add_argument("--config", default=None, help="TOML file of pipeline settings")
         stage.add_argument("--quick", action="store_true", help="a run of minutes")
         stage.add_argument(

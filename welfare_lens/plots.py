@@ -69,6 +69,7 @@ __all__ = [
     "antiparallelism",
     "class_cosine_matrix",
     "colour",
+    "design_comparison",
     "emotion_pca",
     "emotion_scatter",
     "logit_lens_bars",
@@ -292,6 +293,44 @@ def _cosine_curve(x: Any, pair: tuple[str, str], what: str) -> _Curve:
     return _Curve(_array(x, what))
 
 
+def _ci_band(fig: go.Figure, xs: Sequence[int], curve: _Curve, colour: str, name: str) -> None:
+    """Shade a curve's bootstrap interval (``ci_low``..``ci_high``) in its colour."""
+    if curve.ci_low is None or curve.ci_high is None:
+        return
+    bx, by = _band(xs, list(curve.ci_low), list(curve.ci_high))
+    fig.add_trace(
+        go.Scatter(
+            x=bx,
+            y=by,
+            fill="toself",
+            fillcolor=_rgba(colour, 0.15),
+            line={"width": 0},
+            mode="lines",
+            name=name,
+            hoverinfo="skip",
+        )
+    )
+
+
+def _null_band(fig: go.Figure, xs: Sequence[int], d_model: int | None) -> None:
+    """Shade the 95% band of the cosine of two random directions in R^d (±1.96/√d)."""
+    if d_model is None or d_model <= 1:
+        return
+    half = 1.96 / math.sqrt(d_model)
+    fig.add_trace(
+        go.Scatter(
+            x=[xs[0], xs[-1], xs[-1], xs[0]],
+            y=[-half, -half, half, half],
+            fill="toself",
+            fillcolor="rgba(140,151,154,0.18)",
+            line={"width": 0},
+            mode="lines",
+            name=f"random-direction null ±1.96/√d ({half:.3f})",
+            hoverinfo="skip",
+        )
+    )
+
+
 def antiparallelism(
     trained: AntiparallelismResult | CosineSummary | ConceptVectors | Mapping[str, Any] | Any,
     control: CosineSummary | ConceptVectors | Mapping[str, Any] | Any | None = None,
@@ -344,35 +383,12 @@ def antiparallelism(
         raise ShapeError(f"{len(xs)} layer labels for {n} values.", hint="One label per layer.")
     a, b = pair
     fig = go.Figure()
-    if d_model is not None and d_model > 1:
-        half = 1.96 / math.sqrt(d_model)
-        fig.add_trace(
-            go.Scatter(
-                x=[xs[0], xs[-1], xs[-1], xs[0]],
-                y=[-half, -half, half, half],
-                fill="toself",
-                fillcolor="rgba(140,151,154,0.18)",
-                line={"width": 0},
-                mode="lines",
-                name=f"random-direction null ±1.96/√d ({half:.3f})",
-                hoverinfo="skip",
-            )
-        )
+    _null_band(fig, xs, d_model)
     for role, curve in (("trained", t), ("control", c)):
         if curve is None or curve.ci_low is None or curve.ci_high is None:
             continue
-        bx, by = _band(xs, list(curve.ci_low), list(curve.ci_high))
-        fig.add_trace(
-            go.Scatter(
-                x=bx,
-                y=by,
-                fill="toself",
-                fillcolor=_rgba(NEUTRAL if role == "trained" else "#7f8c8d", 0.15),
-                line={"width": 0},
-                mode="lines",
-                name=f"{role} bootstrap CI",
-                hoverinfo="skip",
-            )
+        _ci_band(
+            fig, xs, curve, NEUTRAL if role == "trained" else "#7f8c8d", f"{role} bootstrap CI"
         )
     if t.noise_floor is not None:
         fig.add_trace(
@@ -453,6 +469,107 @@ def antiparallelism(
         title,
         xaxis_title="layer",
         yaxis_title=f"cos(v_{a}, v_{b})",
+        yaxis_range=[-1.05, 1.05],
+    )
+
+
+def design_comparison(
+    curves: Mapping[str, CosineSummary | ConceptVectors | Mapping[str, Any] | Any],
+    *,
+    layers: Sequence[int] | None = None,
+    d_model: int | None = None,
+    pair: tuple[str, str] = ("mold", "gold"),
+    title: str | None = None,
+) -> go.Figure:
+    """Per-layer cos(u_Mold, u_Gold) of the same model under several extraction designs.
+
+    The paper's design (a class-c sample ends with a move onto a class-c tile) lets the classes
+    differ in what the model *saw* as well as in what it *chose*; the minimal-pair design
+    (:func:`welfare_lens.maze.shared_prefix_trajectories` with ``design="minimal_pairs"``)
+    removes the first difference. One solid line per design, each minimum starred; the
+    random-direction null band is shaded when ``d_model`` is given, and a design's no-signal
+    floor (:func:`welfare_lens.analysis.noise_cosine`) is drawn dash-dotted when it has one.
+
+    Args:
+        curves: ``{design label: cosines}``, each in any form :func:`antiparallelism` takes.
+        layers: Layer numbers (default ``0..L-1``).
+        d_model: Residual width, for the null band.
+        pair: Vector names compared.
+        title: Figure title (default: each design's minimum).
+
+    Raises:
+        DataError: No curves.
+        ShapeError: The curves differ in length.
+    """
+    if not curves:
+        raise DataError("No designs to compare.", hint="Pass {label: cosines per layer}.")
+    parsed = {str(k): _cosine_curve(v, pair, f"{k} cosines") for k, v in curves.items()}
+    sizes = {c.per_layer.size for c in parsed.values()}
+    if len(sizes) != 1:
+        raise ShapeError(
+            f"The designs have different layer counts {sorted(sizes)}.",
+            hint="Compare vectors of one model.",
+        )
+    n = sizes.pop()
+    xs = list(range(n)) if layers is None else [int(v) for v in layers]
+    if len(xs) != n:
+        raise ShapeError(f"{len(xs)} layer labels for {n} values.", hint="One label per layer.")
+    a, b = pair
+    fig = go.Figure()
+    _null_band(fig, xs, d_model)
+    summaries: list[str] = []
+    for i, (label, curve) in enumerate(parsed.items()):
+        col = (NEUTRAL, *_FALLBACK)[i % (len(_FALLBACK) + 1)]
+        if curve.ci_low is not None and curve.ci_high is not None:
+            _ci_band(fig, xs, curve, col, f"{label} bootstrap CI")
+        if curve.noise_floor is not None:
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=_nan_to_none(curve.noise_floor),
+                    mode="lines",
+                    line={"color": col, "dash": "dashdot", "width": 1},
+                    name=f"{label}: no-signal floor",
+                    hoverinfo="skip",
+                )
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=_nan_to_none(curve.per_layer),
+                mode="lines+markers",
+                line={"color": col},
+                marker={"size": 5},
+                name=label,
+                hovertext=[
+                    f"{label}, layer {x}<br>cos(u_{a}, u_{b}) = {_fmt(v)}"
+                    for x, v in zip(xs, curve.per_layer, strict=True)
+                ],
+                hovertemplate=_HOVER,
+            )
+        )
+        j = int(np.nanargmin(curve.per_layer))
+        m = float(curve.per_layer[j])
+        fig.add_trace(
+            go.Scatter(
+                x=[xs[j]],
+                y=[m],
+                mode="markers",
+                marker={"symbol": "star", "size": 14, "color": col},
+                name=f"{label} min",
+                showlegend=False,
+                hovertext=[f"{label} minimum over layers: {_fmt(m)} at layer {xs[j]}"],
+                hovertemplate=_HOVER,
+            )
+        )
+        summaries.append(f"{label} min {_fmt(m)} @ L{xs[j]}")
+    if title is None:
+        title = f"cos(u_{a}, u_{b}) per layer by extraction design — " + "; ".join(summaries)
+    return _finish(
+        fig,
+        title,
+        xaxis_title="layer",
+        yaxis_title=f"cos(u_{a}, u_{b})",
         yaxis_range=[-1.05, 1.05],
     )
 
