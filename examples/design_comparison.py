@@ -40,6 +40,7 @@ from welfare_lens.analysis.geometry import (
 from welfare_lens.capture import distinct_prefix_tokens
 
 DESIGNS = {"paper": "shared_prefix", "minimal_pairs": "minimal_pairs"}
+CURVE_KEYS = ("per_layer", "ci_low", "ci_high", "noise_floor")
 
 
 def extract(
@@ -80,6 +81,16 @@ def summarise(stats: wl.ClassStatistics, n_boot: int) -> dict[str, Any]:
         "argmin": int(cos.argmin()),
         "mean": float(cos.mean()),
     }
+    # Eq. 3 (Path-reference) vectors share the Path mean, so their no-signal floor is +0.5.
+    ref = wl.welfare_vectors(stats, "path_reference", role="control")
+    ref_cos = cosine_per_layer(ref["mold"], ref["gold"])
+    out["path_reference"] = {
+        "per_layer": ref_cos.tolist(),
+        "noise_floor": noise_cosine(stats, method="path_reference").tolist(),
+        "min": float(ref_cos.min()),
+        "argmin": int(ref_cos.argmin()),
+        "mean": float(ref_cos.mean()),
+    }
     if "composition" in stats.info:
         table = CompositionTable.from_dict(stats.info["composition"])
         out["composition"] = table.to_dict()
@@ -108,6 +119,20 @@ def markdown(model_name: str, results: dict[str, dict[str, Any]]) -> str:
         + " |"
     )
     lines.append("| mean | " + " | ".join(f"{r['mean']:+.3f}" for r in results.values()) + " |")
+    lines.append(
+        "| no-signal floor (mean over layers) | "
+        + " | ".join(f"{np.nanmean(r['noise_floor']):+.3f}" for r in results.values())
+        + " |"
+    )
+    lines.append(
+        "| Eq. 3 (Path-reference) min (layer) / mean | "
+        + " | ".join(
+            f"{r['path_reference']['min']:+.3f} ({r['path_reference']['argmin']}) / "
+            f"{r['path_reference']['mean']:+.3f}"
+            for r in results.values()
+        )
+        + " |"
+    )
     lines.append(
         "| composition flagged (max class-vs-rest, tiles) | "
         + " | ".join(
@@ -149,10 +174,8 @@ def main() -> None:
     print(table)
     fig = wl.plots.design_comparison(
         {
-            "paper design": {k: results["paper"][k] for k in ("per_layer", "ci_low", "ci_high")},
-            "minimal pairs": {
-                k: results["minimal_pairs"][k] for k in ("per_layer", "ci_low", "ci_high")
-            },
+            "paper design": {k: results["paper"][k] for k in CURVE_KEYS},
+            "minimal pairs": {k: results["minimal_pairs"][k] for k in CURVE_KEYS},
         },
         d_model=int(model.cfg.d_model),
         title=f"{args.model} (untrained): cos(u_Mold, u_Gold) by extraction design",

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,3 +86,38 @@ def _kill_when(child: subprocess.Popen[bytes], ready: Callable[[], bool]) -> Non
 def kill_when() -> Callable[[subprocess.Popen[bytes], Callable[[], bool]], None]:
     """``kill_when(child, ready)``: SIGKILL a subprocess once it has made some progress."""
     return _kill_when
+
+
+def _tiny_lora_run(out_dir: Path, maze: Any, steps: int = 2, **config: Any) -> Path:
+    """Train the tiny Llama with LoRA for ``steps`` GRPO steps, checkpointing after each."""
+    from welfare_lens.models import load_model
+    from welfare_lens.rl import GRPOConfig, GRPOTrainer
+
+    settings: dict[str, Any] = dict(
+        mazes_per_step=2,
+        lora_r=4,
+        lora_alpha=8,
+        progress=False,
+        out_dir=str(out_dir),
+        checkpoint_every=1,
+    )
+    settings.update(config)
+    # One thread, as in ``one_thread``: module-scoped fixtures that call this run before it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        GRPOTrainer(load_model("tiny-llama"), maze, GRPOConfig(**settings)).train(steps)
+    finally:
+        torch.set_num_threads(threads)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_run() -> Callable[..., Path]:
+    """``tiny_lora_run(out_dir, maze, steps=2, **config)``: a small LoRA run on disk.
+
+    Two mazes a step, rank-4 LoRA, a checkpoint after every step, no progress bar; ``config``
+    sets or overrides :class:`~welfare_lens.rl.GRPOConfig` fields (e.g. ``lr``, ``seed``).
+    Returns ``out_dir``.
+    """
+    return _tiny_lora_run

@@ -33,6 +33,13 @@ class ShapeError(WelfareLensError, ValueError):
     """A tensor has the wrong shape, or belongs to a model with another ``d_model``."""
 
 
+class ModelMismatchError(ShapeError):
+    """Vectors of one architecture were given a model of another (``d_model`` or depth).
+
+    A :class:`ShapeError`, so ``except ShapeError`` handlers still catch it.
+    """
+
+
 class TokenizationError(WelfareLensError, ValueError):
     """Text does not tokenise the way the analysis needs (e.g. an action is not one token)."""
 

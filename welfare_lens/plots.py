@@ -238,6 +238,28 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def _band_trace(
+    x: Sequence[float], lo: Sequence[float], hi: Sequence[float], colour: str, name: str
+) -> go.Scatter | None:
+    """A light, hover-less ``colour`` band between ``lo`` and ``hi`` (e.g. mean ± SE).
+
+    ``None`` where no point has both bounds finite: there is nothing to shade.
+    """
+    bx, by = _band(x, lo, hi)
+    if not bx:
+        return None
+    return go.Scatter(
+        x=bx,
+        y=by,
+        fill="toself",
+        fillcolor=_rgba(colour, 0.15),
+        line={"width": 0},
+        mode="lines",
+        name=name,
+        hoverinfo="skip",
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Antiparallelism (§3.1, Table 7, B-7)
 # ----------------------------------------------------------------------------------------------
@@ -297,19 +319,9 @@ def _ci_band(fig: go.Figure, xs: Sequence[int], curve: _Curve, colour: str, name
     """Shade a curve's bootstrap interval (``ci_low``..``ci_high``) in its colour."""
     if curve.ci_low is None or curve.ci_high is None:
         return
-    bx, by = _band(xs, list(curve.ci_low), list(curve.ci_high))
-    fig.add_trace(
-        go.Scatter(
-            x=bx,
-            y=by,
-            fill="toself",
-            fillcolor=_rgba(colour, 0.15),
-            line={"width": 0},
-            mode="lines",
-            name=name,
-            hoverinfo="skip",
-        )
-    )
+    band = _band_trace(xs, list(curve.ci_low), list(curve.ci_high), colour, name)
+    if band is not None:
+        fig.add_trace(band)
 
 
 def _null_band(fig: go.Figure, xs: Sequence[int], d_model: int | None) -> None:
@@ -571,6 +583,7 @@ def design_comparison(
         xaxis_title="layer",
         yaxis_title=f"cos(u_{a}, u_{b})",
         yaxis_range=[-1.05, 1.05],
+        legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0.0},
     )
 
 
@@ -2039,21 +2052,9 @@ def training_curves(
                 sd, n = _column(rows, "reward_std"), _column(rows, "n_episodes")
                 se = sd / np.sqrt(n)
                 if np.isfinite(se).any():
-                    bx, by = _band(steps, list(y - se), list(y + se))
-                    fig.add_trace(
-                        go.Scatter(
-                            x=bx,
-                            y=by,
-                            fill="toself",
-                            fillcolor=_rgba(NEUTRAL, 0.15),
-                            line={"width": 0},
-                            mode="lines",
-                            name="return ± SE",
-                            hoverinfo="skip",
-                        ),
-                        row=i,
-                        col=1,
-                    )
+                    band = _band_trace(steps, list(y - se), list(y + se), NEUTRAL, "return ± SE")
+                    if band is not None:
+                        fig.add_trace(band, row=i, col=1)
                     hover = [
                         f"step {s}<br>return {_fmt(v, '+.2f')} ± {_fmt(e, '.2f')} SE"
                         + ("" if not math.isfinite(k) else f" (n = {int(k)} episodes)")

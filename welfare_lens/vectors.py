@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 import torch
@@ -1368,6 +1368,43 @@ class ConceptVectors(_ShapedByMetadata):
             f"d_model={self.d_model}, model_id={m.model_id!r}, method={m.method!r}, "
             f"role={m.role!r})"
         )
+
+
+_Named = TypeVar("_Named")
+
+
+def _choose_named(
+    table: Mapping[str, _Named],
+    names: str | Sequence[str] | None,
+    *,
+    what: str = "vector",
+    hint: str = "Pass names=[...] from the vectors' names.",
+) -> dict[str, _Named]:
+    """``{name: table[name]}`` for the requested ``names``, in their order.
+
+    The analyses that read "the welfare vectors" (§5.2 tracking, §6.2 pre-existence) share one
+    default: v_Mold and v_Gold where ``table`` has them (in that order), else every entry.
+
+    Args:
+        table: Vectors (or per-vector values) by name.
+        names: One name, several, or ``None`` for the default.
+        what: What the entries are, for the error (``"vector"``, ``"control vectors"``, ...).
+        hint: The fix the error suggests.
+
+    Raises:
+        VectorError: A requested name is not in ``table``, or nothing would be chosen.
+    """
+    chosen: list[str]
+    if names is None:
+        chosen = [n for n in ("mold", "gold") if n in table] or list(table)
+    else:
+        chosen = [names] if isinstance(names, str) else list(names)
+    missing = [n for n in chosen if n not in table]
+    if missing or not chosen:
+        raise VectorError(
+            f"No {what} named {missing or chosen}; available: {list(table)}.", hint=hint
+        )
+    return {n: table[n] for n in chosen}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,7 +19,7 @@ from welfare_lens.analysis.composition import (
     seen_tile_cosines,
     seen_tile_vectors,
 )
-from welfare_lens.capture import _common_prefix
+from welfare_lens.capture import distinct_prefix_tokens
 from welfare_lens.errors import DataError
 
 CFG = wl.maze.MazeConfig(size=30)
@@ -103,19 +104,11 @@ def test_minimal_pairs_remove_the_confound() -> None:
 
 
 def test_minimal_pairs_cost_no_more_tokens(tiny_model: Any) -> None:
-    def tokens_per_sample(trajs: list[Any]) -> float:
-        seqs = sorted(
-            wl.render_chat(tiny_model.tokenizer, t.messages).input_ids.tolist() for t in trajs
-        )
-        total, previous = 0, []
-        for seq in seqs:
-            total += len(seq) - min(_common_prefix(previous, seq), len(seq) - 1)
-            previous = seq
-        return total / len(trajs)
-
     shared = wl.maze.shared_prefix_trajectories(CFG, per_class=60, seed=2)
     pairs = wl.maze.shared_prefix_trajectories(CFG, per_class=60, seed=2, design="minimal_pairs")
-    assert tokens_per_sample(pairs) <= tokens_per_sample(shared)
+    assert distinct_prefix_tokens(tiny_model, pairs) / len(pairs) <= distinct_prefix_tokens(
+        tiny_model, shared
+    ) / len(shared)
 
 
 def test_capture_records_composition(tiny_model: Any, one_thread: None, tmp_path: Any) -> None:
@@ -137,5 +130,11 @@ def test_capture_records_composition(tiny_model: Any, one_thread: None, tmp_path
         balanced = wl.capture(tiny_model, pairs, progress=False)
     assert not balanced.info["composition"]["flagged"]
     assert balanced.metadata.design == "minimal_pairs"
+    # No composition difference at all: the seen-tile vectors are exactly zero, their cosines
+    # with the welfare vectors undefined (NaN), not an arbitrary direction of rounding noise.
+    for vec in seen_tile_vectors(balanced).values():
+        assert float(vec.abs().max()) == 0.0
+    cos = seen_tile_cosines(seen_tile_vectors(balanced), wl.welfare_vectors(balanced))
+    assert all(math.isnan(c) for values in cos.values() for c in values)
     with pytest.raises(DataError, match="composition"):
         seen_tile_vectors(wl.capture(tiny_model, paper, progress=False, composition=False))

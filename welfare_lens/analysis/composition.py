@@ -78,6 +78,16 @@ def composition_features(trajectories: Iterable[Any]) -> Float[NDArray[np.float6
     return np.asarray(rows, dtype=np.float64).reshape(-1, len(COMPOSITION_FEATURES))
 
 
+def _without_rounding(imbalance: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Composition differences with summation rounding (|x| < 1e-9) set to exactly 0.
+
+    The features are counts, so identical multisets (minimal pairs) give equal means up to the
+    order of summation; a balanced design must read exactly 0 and have no seen-tile vector,
+    not a 1e-17 difference pointing in an arbitrary direction.
+    """
+    return np.where(np.abs(imbalance) < 1e-9, 0.0, imbalance)
+
+
 @dataclass
 class CompositionTable:
     """Mean composition per class and the largest class-vs-rest difference.
@@ -195,6 +205,7 @@ def composition_table(
             for i, c in enumerate(classes)
         ]
     )
+    imbalance = _without_rounding(imbalance)
     counts = {c: int((lab == c).sum()) for c in classes}
     return CompositionTable(classes, means, counts, imbalance, float(threshold))
 
@@ -253,7 +264,9 @@ class SeenTileRegression:
         slopes = self.coefficients()
         return {
             c: torch.einsum(
-                "ldf,f->ld", slopes, torch.as_tensor(table.imbalance[i], dtype=torch.float64)
+                "ldf,f->ld",
+                slopes,
+                torch.as_tensor(_without_rounding(table.imbalance[i]), dtype=torch.float64),
             ).float()
             for i, c in enumerate(table.classes)
         }

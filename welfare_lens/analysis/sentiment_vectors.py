@@ -171,9 +171,22 @@ def final_token_activations(
     return out
 
 
-def _metadata(
-    model: Any, chosen: list[int], hook: str, counts: dict[str, int], **extra: Any
+def _final_token_metadata(
+    model: Any,
+    chosen: list[int],
+    hook: str,
+    counts: dict[str, int],
+    *,
+    method: str = "diff_of_means",
+    design: str = "sentiment",
+    role: str = "sentiment",
+    **extra: Any,
 ) -> VectorMetadata:
+    """Provenance of vectors read at the final prompt token (:func:`final_token_activations`).
+
+    Shared by the F.1 sentiment vectors (the defaults) and the valence-assent axis (App. H), which
+    use the same reading position; ``extra`` lands after ``"layers"`` in ``metadata.extra``.
+    """
     info = model_info(model)
     return VectorMetadata(
         model_id=info.model_id,
@@ -182,9 +195,9 @@ def _metadata(
         hook=hook,
         coordinate_mode=info.coordinate_mode,
         position_rule=_POSITION,
-        method="diff_of_means",
-        design="sentiment",
-        role="sentiment",
+        method=method,
+        design=design,
+        role=role,
         class_counts=counts,
         extra={"layers": chosen, **extra},
     )
@@ -255,7 +268,7 @@ def cad_vector(
     items = _as_pairs(pairs)
     chosen = resolve_layers(layers, n_layers(model))
     vec = _cad(model, items, template, chosen, hook, batch_size, progress)
-    meta = _metadata(
+    meta = _final_token_metadata(
         model, chosen, hook, {"positive": len(items), "negative": len(items)}, template=template
     )
     return ConceptVectors({"cad": vec.to(torch.float32)}, meta)
@@ -280,7 +293,7 @@ def prompt_vector(
     acts = final_token_activations(
         model, [positive, negative], layers=chosen, hook=hook, batch_size=2, progress=progress
     )
-    meta = _metadata(
+    meta = _final_token_metadata(
         model, chosen, hook, {"positive": 1, "negative": 1}, prompts=[positive, negative]
     )
     return ConceptVectors({"prompt": (acts[0] - acts[1]).to(torch.float32)}, meta)
@@ -308,7 +321,7 @@ def sentiment_control_vectors(
     acts = final_token_activations(
         model, [positive, negative], layers=chosen, hook=hook, batch_size=2, progress=False
     )
-    meta = _metadata(
+    meta = _final_token_metadata(
         model,
         chosen,
         hook,

@@ -36,6 +36,13 @@ from welfare_lens.steering.judge import (
     LMJudge,
     parse_sentiment_score,
 )
+from welfare_lens.steering.pre_existence import (
+    EVALUATIONS,
+    EvaluateFn,
+    PreExistenceResult,
+    default_evaluation,
+    pre_existence,
+)
 from welfare_lens.steering.refusal import (
     classify_refusal,
     evaluate_refusal,
@@ -64,11 +71,14 @@ from welfare_lens.steering.sweep import COLUMNS, ResultTable, Slope, ols_slope, 
 
 __all__ = [
     "COLUMNS",
+    "EVALUATIONS",
     "SENTIMENT_JUDGE_PROMPT",
+    "EvaluateFn",
     "Generation",
     "GenerationStats",
     "JudgeVerdict",
     "LMJudge",
+    "PreExistenceResult",
     "ResultTable",
     "SentimentPrompt",
     "Slope",
@@ -81,6 +91,7 @@ __all__ = [
     "classify_refusal",
     "compress_trailing_loop",
     "condition_fields",
+    "default_evaluation",
     "evaluate_backtracking",
     "evaluate_confidence",
     "evaluate_mcq_confidence",
@@ -98,6 +109,7 @@ __all__ = [
     "ols_slope",
     "p_true",
     "parse_sentiment_score",
+    "pre_existence",
     "refusal_rate",
     "resolve_vector",
     "sentiment_prompts",
