@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import torch
 
+import welfare_lens as wl
 from welfare_lens.errors import LayerError, ShapeError, VectorError
 from welfare_lens.hooks import (
     HOOK_KINDS,
@@ -149,3 +150,30 @@ def test_add_vector_errors(tiny_model: Any) -> None:
     out_of_range = add_vector_hook(torch.zeros(tiny_model.cfg.d_model), positions=[9])
     with pytest.raises(ShapeError, match="out of range"):
         tiny_model.run_with_hooks(TOKENS, fwd_hooks=[(hook_name(0), out_of_range)])
+
+
+def test_run_until_ends_the_pass_after_the_last_hook() -> None:
+    # stop_at_layer=n_layers still runs the final norm and the unembedding; run_until does not,
+    # and the hooks on the last point (registered before the stop) still see their activation.
+    from welfare_lens.hooks import run_until
+
+    model = wl.load_model("tiny-llama")
+    last = wl.hook_name(model.cfg.n_layers - 1)
+    fired: list[str] = []
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(act: torch.Tensor, hook: Any) -> None:
+        fired.append(hook.name)
+
+    def keep(act: torch.Tensor, hook: Any) -> None:
+        seen[last] = act.detach().clone()  # hook.name is the bridge's canonical alias
+
+    tail = [n for n in model.hook_dict if n.startswith(("ln_final.", "unembed."))]
+    assert tail
+    tokens = torch.tensor([[1, 2, 3, 4]])
+    run_until(model, tokens, [(last, keep), *[(n, record) for n in tail]], last)
+    assert fired == [] and last in seen
+    _, cache = model.run_with_cache(tokens)
+    torch.testing.assert_close(seen[last], cache[last])
+    model.run_with_hooks(tokens, fwd_hooks=[(n, record) for n in tail], return_type=None)
+    assert fired  # the same hooks do fire in a full pass

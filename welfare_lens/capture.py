@@ -37,7 +37,14 @@ from welfare_lens.errors import (
     TokenizationError,
     VectorError,
 )
-from welfare_lens.hooks import HookKind, capture_hooks, hook_name, n_layers, resolve_layers
+from welfare_lens.hooks import (
+    HookKind,
+    capture_hooks,
+    hook_name,
+    n_layers,
+    resolve_layers,
+    run_until,
+)
 from welfare_lens.maze.config import Tile
 from welfare_lens.models import model_info
 from welfare_lens.vectors import ClassStatistics, _file_pair
@@ -234,7 +241,15 @@ def _activation_batches(
 
     if share:
         yield from _iter_shared_prefixes(
-            model, rendered, names, max(chosen) + 1, reduce, progress, description, skip, chunk
+            model,
+            rendered,
+            names,
+            hook_name(max(chosen), hook),
+            reduce,
+            progress,
+            description,
+            skip,
+            chunk,
         )
         return
     # Longest first: the first batch shows the peak memory at once, and padding stays small.
@@ -252,10 +267,11 @@ def _activation_batches(
         store: dict[str, Tensor] = {}
         tokens = padded["input_ids"] if device is None else padded["input_ids"].to(device)
         with torch.no_grad():
-            model.run_with_hooks(
+            run_until(
+                model,
                 tokens,
-                fwd_hooks=capture_hooks(names, store, positions=select),
-                stop_at_layer=max(chosen) + 1,
+                capture_hooks(names, store, positions=select),
+                hook_name(max(chosen), hook),
             )
         return torch.stack([store[name] for name in names], dim=1).cpu(), select
 
@@ -350,7 +366,7 @@ def _iter_shared_prefixes(
     model: Any,
     rendered: list[tuple[Any, Tensor, _Item]],  # (_Compact, unused, item)
     names: list[str],
-    stop_at_layer: int,
+    last_hook: str,
     reduce: Literal["tokens", "mean"],
     progress: bool,
     description: str,
@@ -364,8 +380,9 @@ def _iter_shared_prefixes(
     shared prefix (never past the first position read, whose activation must be recomputed)
     and only the rest is run. Causal attention makes this exact. A plain ``DynamicCache``
     keeps every past state, also for sliding-window layers (Gemma 3), so it can be cropped
-    anywhere; masks still apply the window. The forward pass stops after the last block read,
-    so the unembedding is never computed.
+    anywhere; masks still apply the window. The forward pass ends at ``last_hook``
+    (:func:`~welfare_lens.hooks.run_until`), so the final norm and the unembedding are never
+    computed.
     """
     from transformers import DynamicCache
 
@@ -394,12 +411,12 @@ def _iter_shared_prefixes(
                 tokens = tokens.to(device)
             store: dict[str, Tensor] = {}
             with torch.no_grad():
-                model.run_with_hooks(
+                run_until(
+                    model,
                     tokens,
-                    fwd_hooks=capture_hooks(names, store, positions=(selected - keep).tolist()),
+                    capture_hooks(names, store, positions=(selected - keep).tolist()),
+                    last_hook,
                     past_key_values=past,
-                    stop_at_layer=stop_at_layer,
-                    return_type=None,
                 )
             cached = compact.ids
             acts = torch.stack([store[name][0] for name in names], dim=1).cpu()  # [n_sel, L, d]

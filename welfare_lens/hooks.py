@@ -16,6 +16,7 @@ Positions are given as one of:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -37,6 +38,7 @@ __all__ = [
     "n_layers",
     "resolve_layer",
     "resolve_layers",
+    "run_until",
 ]
 
 HookKind = Literal["resid_post", "resid_pre", "resid_mid", "attn_out", "mlp_out"]
@@ -281,3 +283,41 @@ def add_vector_hook(
         return activation + mask.unsqueeze(-1).to(activation.dtype) * delta
 
     return hook
+
+
+class _StopForward(Exception):
+    """Raised by the hook that ends a forward pass early (see :func:`run_until`)."""
+
+
+def _stop_forward(activation: Tensor, hook: Any) -> None:
+    raise _StopForward
+
+
+def run_until(
+    model: Any,
+    tokens: Tensor,
+    fwd_hooks: Sequence[tuple[str, Any]],
+    last: str,
+    **kwargs: Any,
+) -> None:
+    """``model.run_with_hooks(tokens, fwd_hooks=...)`` that ends the pass right after hook ``last``.
+
+    Reading the residual stream needs nothing after the last hook read, but a bridge's
+    ``stop_at_layer`` stops *at* a block: with the last block read it still runs the final norm
+    and the unembedding, a fifth of SmolLM2's compute per token (576 x 49,152). A hook added
+    after ``fwd_hooks`` on ``last`` raises, and the pass ends there; hooks on ``last`` that come
+    before it in ``fwd_hooks`` have already run. A KV cache passed in ``kwargs`` is complete for
+    every block up to ``last``; later blocks are never computed (nor read by callers that stop
+    at the same hook).
+
+    Args:
+        model: A TransformerLens model.
+        tokens: Input ids ``[batch, pos]``.
+        fwd_hooks: ``(hook name, function)`` pairs, as for ``run_with_hooks``.
+        last: The hook name after which the pass ends.
+        **kwargs: Passed on to ``run_with_hooks`` (e.g. ``past_key_values``).
+    """
+    with contextlib.suppress(_StopForward):
+        model.run_with_hooks(
+            tokens, fwd_hooks=[*fwd_hooks, (last, _stop_forward)], return_type=None, **kwargs
+        )

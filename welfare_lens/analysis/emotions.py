@@ -60,7 +60,14 @@ from tqdm.auto import tqdm
 from welfare_lens._resources import read_json
 from welfare_lens.chat import render_chat
 from welfare_lens.errors import DataError, LayerError, ShapeError, VectorError
-from welfare_lens.hooks import HookKind, capture_hooks, hook_name, n_layers, resolve_layers
+from welfare_lens.hooks import (
+    HookKind,
+    capture_hooks,
+    hook_name,
+    n_layers,
+    resolve_layers,
+    run_until,
+)
 from welfare_lens.models import model_info
 from welfare_lens.vectors import ConceptVectors, VectorMetadata
 
@@ -732,10 +739,11 @@ def _forward_selected(
                 select[row, :n] = encoded[i].mask
             store: dict[str, Tensor] = {}
             with torch.no_grad():
-                model.run_with_hooks(
+                run_until(
+                    model,
                     tokens if device is None else tokens.to(device),
-                    fwd_hooks=capture_hooks(names, store, positions=select),
-                    stop_at_layer=max(layers) + 1,
+                    capture_hooks(names, store, positions=select),
+                    names[list(layers).index(max(layers))],
                 )
             counts = [int(c) for c in select.sum(dim=1)]
             yield (
