@@ -19,6 +19,12 @@ Builder                   What it shows (paper section)
 :func:`tracking_densities`  projections of two conditions with Cohen's d (§5, Figs. 5/6)
 :func:`training_curves`   return ± SE, P(Gold)/P(Mold), loss over steps (App. Q, Fig. 43)
 :func:`maze`              the tile grid with a trajectory drawn on it (App. J/K, Fig. 2)
+:func:`rotation`          cos(v, naive axis) over checkpoints with the reward (App. G)
+:func:`recruitment`       Spearman ρ(reward, alignment) per layer with CI, recruited layers (G)
+:func:`vaa_cosines`       cos(v, VAA) and cos(u, VAA) per layer (App. H)
+:func:`emoji_neutrality`  per-emoji cosines with the two sentiment vectors, tile trio (J.2)
+:func:`pre_existence`     steering slopes of one vector set on several models (A1 finding 6)
+:func:`confidence_control`  correctness d within P(True) tertiles (Figure 7)
 ========================  ==================================================================
 
 Style: :data:`TEMPLATE` is applied to every figure; :data:`COLOURS` gives Mold a red, Gold a
@@ -69,15 +75,21 @@ __all__ = [
     "antiparallelism",
     "class_cosine_matrix",
     "colour",
+    "confidence_control",
     "design_comparison",
+    "emoji_neutrality",
     "emotion_pca",
     "emotion_scatter",
     "logit_lens_bars",
     "maze",
+    "pre_existence",
+    "recruitment",
+    "rotation",
     "slope_heatmap",
     "steering_curves",
     "tracking_densities",
     "training_curves",
+    "vaa_cosines",
 ]
 
 F64 = NDArray[np.float64]
@@ -2324,3 +2336,588 @@ def maze(
         height=size,
         legend={"orientation": "h", "y": -0.12},
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Recruitment: rotation onto naive axes (G), VAA (H), emoji neutrality (J.2), pre-existence
+# (A1 finding 6), confidence control (Figure 7)
+# ----------------------------------------------------------------------------------------------
+
+_AXIS_DASHES = ("solid", "dash", "dashdot", "longdash", "dot", "longdashdot")
+
+
+def _rotation_parts(table: Any) -> dict[str, Any]:
+    """The fields of a RotationTable (object or ``to_dict()``) as arrays."""
+    d = table.to_dict() if hasattr(table, "to_dict") and hasattr(table, "axes") else table
+    if not isinstance(d, Mapping) or not {"steps", "layers", "axes", "cos"} <= set(d):
+        raise DataError(
+            f"Cannot read a rotation table from {type(table).__name__}.",
+            hint="Pass wl.analysis.rotation_table(...) or its to_dict().",
+        )
+    steps = [int(s) for s in d["steps"]]
+    layers = [int(x) for x in d["layers"]]
+    cos = {
+        a: {n: _array(v, f"cos[{a}][{n}]", ndim=2) for n, v in row.items()}
+        for a, row in d["cos"].items()
+    }
+    sep = d.get("separation")
+    separation = (
+        None if sep is None else {a: _array(v, f"separation[{a}]", ndim=2) for a, v in sep.items()}
+    )
+    for a, row in cos.items():
+        for n, v in row.items():
+            if v.shape != (len(steps), len(layers)):
+                raise ShapeError(
+                    f"cos[{a}][{n}] has shape {v.shape}, expected ({len(steps)}, {len(layers)}).",
+                    hint="One value per checkpoint step and layer.",
+                )
+    return {
+        "steps": steps,
+        "layers": layers,
+        "axes": [str(a) for a in d["axes"]],
+        "names": [str(n) for n in d.get("names", ["mold", "gold"])],
+        "cos": cos,
+        "separation": separation,
+        "separation_classes": tuple(d.get("separation_classes", ("gold", "mold"))),
+        "report_layer": int(d.get("report_layer", layers[len(layers) // 2])),
+    }
+
+
+def _reward_points(rewards: Any, steps: Sequence[int]) -> list[float | None] | None:
+    """Smoothed reward at each checkpoint step, from a RewardSeries, Recruitment or mapping."""
+    if rewards is None:
+        return None
+    if hasattr(rewards, "at") and hasattr(rewards, "smoothed"):  # RewardSeries
+        out: list[float | None] = []
+        for s in steps:
+            try:
+                out.append(float(rewards.at(int(s))))
+            except Exception:  # a checkpoint past the logged metrics: no point, not a crash
+                out.append(None)
+        return out
+    if hasattr(rewards, "rewards") and hasattr(rewards, "steps"):  # Recruitment
+        lookup = {int(s): float(r) for s, r in zip(rewards.steps, rewards.rewards, strict=True)}
+    elif isinstance(rewards, Mapping):
+        lookup = {int(s): float(r) for s, r in rewards.items()}
+    else:
+        raise DataError(
+            f"Cannot read rewards from {type(rewards).__name__}.",
+            hint="Pass wl.analysis.reward_series(...), a Recruitment or {step: reward}.",
+        )
+    return _nan_to_none(lookup.get(int(s), math.nan) for s in steps)
+
+
+def rotation(
+    table: Any,
+    rewards: Any = None,
+    *,
+    layer: int | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Alignment of v with fixed naive-model axes over training checkpoints (appendix G).
+
+    One column per axis (e.g. the prompt sentiment vector, emotion PC1, the VAA). The top row
+    draws cos(v_Mold, axis) in red and cos(v_Gold, axis) in gold against the checkpoint step
+    at one layer, with the run's smoothed reward as a grey dashed line on a second y-axis; the
+    bottom row (when the table has class statistics) the unit-projection separation of the
+    Gold- and Mold-final class means on the axis. Step 0 is the maze-naive model, so the curve
+    shows how far RL rotates v onto (or away from) each pre-existing axis.
+
+    Args:
+        table: :func:`welfare_lens.analysis.rotation_table` output or its ``to_dict()``.
+        rewards: Smoothed reward per checkpoint: a
+            :func:`~welfare_lens.analysis.reward_series`, a
+            :class:`~welfare_lens.analysis.Recruitment`, or ``{step: reward}``.
+        layer: Layer drawn (default the table's reporting layer, the paper's 21 of 36 scaled).
+        title: Figure title.
+
+    Raises:
+        DataError: Unreadable table or rewards.
+        LayerError: ``layer`` is not analysed.
+    """
+    from welfare_lens.errors import LayerError
+
+    t = _rotation_parts(table)
+    layer = t["report_layer"] if layer is None else int(layer)
+    if layer not in t["layers"]:
+        raise LayerError(
+            f"Layer {layer} is not in the rotation table (layers {t['layers']}).",
+            hint="Pass one of the analysed layers, or layer=None for the reporting layer.",
+        )
+    j = t["layers"].index(layer)
+    steps, axes = t["steps"], t["axes"]
+    reward = _reward_points(rewards, steps)
+    has_sep = t["separation"] is not None
+    rows = 2 if has_sep else 1
+    fig = make_subplots(
+        rows=rows,
+        cols=len(axes),
+        shared_xaxes=True,
+        subplot_titles=[f"{a}: cos(v, axis)" for a in axes]
+        + ([f"{a}: separation" for a in axes] if has_sep else []),
+        specs=[[{"secondary_y": True}] * len(axes) for _ in range(rows)],
+        vertical_spacing=0.12,
+    )
+    for c, axis in enumerate(axes, start=1):
+        for name in t["names"]:
+            y = t["cos"][axis][name][:, j]
+            fig.add_trace(
+                go.Scatter(
+                    x=steps,
+                    y=_nan_to_none(y),
+                    mode="lines+markers",
+                    line={"color": colour(name)},
+                    name=f"cos(v_{name}, axis)",
+                    legendgroup=name,
+                    showlegend=c == 1,
+                    hovertext=[
+                        f"{axis}, layer {layer}, step {s}<br>cos(v_{name}, {axis}) = {_fmt(v)}"
+                        for s, v in zip(steps, y, strict=True)
+                    ],
+                    hovertemplate=_HOVER,
+                ),
+                row=1,
+                col=c,
+            )
+        if has_sep:
+            a, b = t["separation_classes"]
+            y = t["separation"][axis][:, j]
+            fig.add_trace(
+                go.Scatter(
+                    x=steps,
+                    y=_nan_to_none(y),
+                    mode="lines+markers",
+                    line={"color": NEUTRAL},
+                    name=f"(μ_{a} − μ_{b})·axis/‖axis‖",
+                    legendgroup="separation",
+                    showlegend=c == 1,
+                    hovertext=[
+                        f"{axis}, layer {layer}, step {s}<br>separation {a} − {b} = {_fmt(v)}"
+                        for s, v in zip(steps, y, strict=True)
+                    ],
+                    hovertemplate=_HOVER,
+                ),
+                row=2,
+                col=c,
+            )
+        if reward is not None:
+            for r in range(1, rows + 1):
+                fig.add_trace(
+                    go.Scatter(
+                        x=steps,
+                        y=reward,
+                        mode="lines",
+                        line={"color": COLOURS["path"], "dash": "dash"},
+                        name="smoothed reward",
+                        legendgroup="reward",
+                        showlegend=c == 1 and r == 1,
+                        hovertext=[
+                            f"step {s}: smoothed reward {_fmt(v, '+.2f')}"
+                            for s, v in zip(steps, reward, strict=True)
+                        ],
+                        hovertemplate=_HOVER,
+                    ),
+                    row=r,
+                    col=c,
+                    secondary_y=True,
+                )
+    fig.update_xaxes(title_text="checkpoint step", row=rows)
+    if title is None:
+        title = f"Rotation of v onto naive-model axes at layer {layer} over training (App. G)"
+    return _finish(
+        fig,
+        title,
+        height=360 * rows + 80,
+        legend={"orientation": "h", "yanchor": "top", "y": -0.12, "x": 0.0},
+    )
+
+
+def recruitment(result: Any, *, title: str | None = None) -> go.Figure:
+    """Spearman ρ(smoothed reward, alignment) per layer with its bootstrap CI (appendix G).
+
+    One panel per axis; one line per measure (cos(v_Mold, axis), cos(v_Gold, axis), separation)
+    with its CI shaded. Recruited layers (CI excludes 0 and the alignment grew) are drawn as
+    filled markers, the others hollow; the recruitment band of each measure is listed in the
+    hover text and the title.
+
+    Args:
+        result: :func:`welfare_lens.analysis.recruitment` output or its ``to_dict()``.
+        title: Figure title.
+
+    Raises:
+        DataError: Unreadable result.
+    """
+    d = result.to_dict() if hasattr(result, "rho") and hasattr(result, "to_dict") else result
+    if not isinstance(d, Mapping) or not {"rho", "ci_low", "ci_high", "layers", "axes"} <= set(d):
+        raise DataError(
+            f"Cannot read a recruitment result from {type(result).__name__}.",
+            hint="Pass wl.analysis.recruitment(...) or its to_dict().",
+        )
+    layers = [int(x) for x in d["layers"]]
+    axes = [str(a) for a in d["axes"]]
+    measures = [str(m) for m in d.get("measures", list(d["rho"][axes[0]]))]
+    fig = make_subplots(rows=1, cols=len(axes), shared_yaxes=True, subplot_titles=axes)
+    bands: list[str] = []
+    for c, axis in enumerate(axes, start=1):
+        for measure in measures:
+            name = measure.removeprefix("cos_")
+            col = colour(name) if measure.startswith("cos_") else NEUTRAL
+            rho = _array(d["rho"][axis][measure], f"rho[{axis}][{measure}]")
+            lo = _array(d["ci_low"][axis][measure], "ci_low")
+            hi = _array(d["ci_high"][axis][measure], "ci_high")
+            band = _band_trace(layers, list(lo), list(hi), col, f"{measure} CI")
+            if band is not None:
+                band.update(legendgroup=measure, showlegend=False)
+                fig.add_trace(band, row=1, col=c)
+            recruited = d.get("recruited", {}).get(axis, {}).get(measure, [False] * len(layers))
+            span = d.get("band", {}).get(axis, {}).get(measure)
+            span_text = "none" if not span else f"{span[0]}–{span[1]}"
+            if span:
+                bands.append(f"{axis}/{measure} {span_text}")
+            fig.add_trace(
+                go.Scatter(
+                    x=layers,
+                    y=_nan_to_none(rho),
+                    mode="lines+markers",
+                    line={"color": col},
+                    marker={
+                        "size": 7,
+                        "color": [col if r else "white" for r in recruited],
+                        "line": {"color": col, "width": 1.5},
+                    },
+                    name=measure,
+                    legendgroup=measure,
+                    showlegend=c == 1,
+                    hovertext=[
+                        f"{axis} / {measure}, layer {x}<br>ρ = {_fmt(r, '+.2f')} "
+                        f"[{_fmt(a, '+.2f')}, {_fmt(b, '+.2f')}]<br>recruited: {bool(k)}; "
+                        f"band {span_text}"
+                        for x, r, a, b, k in zip(layers, rho, lo, hi, recruited, strict=True)
+                    ],
+                    hovertemplate=_HOVER,
+                ),
+                row=1,
+                col=c,
+            )
+        fig.add_hline(y=0, line={"color": "#566573", "width": 1}, row=1, col=c)
+    fig.update_xaxes(title_text="layer")
+    fig.update_yaxes(title_text="Spearman ρ(reward, measure)", range=[-1.05, 1.05], col=1)
+    if title is None:
+        steps = d.get("steps", [])
+        title = (
+            f"Recruitment over {len(steps)} checkpoints: ρ with bootstrap CI (filled = recruited)"
+            + ("; bands " + ", ".join(bands) if bands else "; no recruitment band")
+        )
+    return _finish(fig, title, height=440, legend={"orientation": "h", "yanchor": "top", "y": -0.2})
+
+
+def vaa_cosines(
+    trained: Mapping[str, Sequence[float]] | None,
+    control: Mapping[str, Sequence[float]] | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    d_model: int | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """cos(welfare vector, Valence-Assent Axis) per layer, trained solid, control dotted (H.2).
+
+    The paper reports, at layer 21 of Qwen3-4B, v_Mold −0.219 and v_Gold +0.087 against
+    u_Mold −0.020 and u_Gold −0.057: RL moves v toward the VAA, the naive controls sit near 0.
+
+    Args:
+        trained: :func:`welfare_lens.analysis.vaa_cosines` of the trained vectors v
+            (``{name: [cos per layer]}``), or ``None``.
+        control: The same for the maze-naive controls u.
+        layers: Layer labels (default ``0..L-1``).
+        d_model: Residual width, for the random-direction null band.
+        title: Figure title.
+
+    Raises:
+        DataError: Neither given.
+        ShapeError: Curves of different lengths.
+    """
+    series = [(r, c) for r, c in (("trained", trained), ("control", control)) if c]
+    if not series:
+        raise DataError("No VAA cosines to plot.", hint="Pass vaa_cosines(vaa, v) and/or of u.")
+    arrays = {(r, n): _array(v, f"{r} {n}") for r, c in series for n, v in c.items()}
+    sizes = {a.size for a in arrays.values()}
+    if len(sizes) != 1:
+        raise ShapeError(f"VAA cosine curves of lengths {sorted(sizes)}.", hint="Same layers.")
+    n = sizes.pop()
+    xs = list(range(n)) if layers is None else [int(x) for x in layers]
+    if len(xs) != n:
+        raise ShapeError(f"{len(xs)} layer labels for {n} values.", hint="One label per layer.")
+    fig = go.Figure()
+    _null_band(fig, xs, d_model)
+    for (role, name), y in arrays.items():
+        sym = "v" if role == "trained" else "u"
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=_nan_to_none(y),
+                mode="lines+markers",
+                line={"color": colour(name), "dash": DASHES[role]},
+                marker={"size": 5},
+                name=f"cos({sym}_{name}, VAA) ({role})",
+                hovertext=[
+                    f"layer {x}: cos({sym}_{name}, VAA) = {_fmt(v)}"
+                    for x, v in zip(xs, y, strict=True)
+                ],
+                hovertemplate=_HOVER,
+            )
+        )
+    fig.add_hline(y=0, line={"color": "#566573", "width": 1})
+    if title is None:
+        title = "Welfare vectors vs the Valence-Assent Axis (App. H; paper L21: v_Mold −0.219, "
+        title += "v_Gold +0.087, u_Mold −0.020, u_Gold −0.057)"
+    return _finish(
+        fig, title, xaxis_title="layer", yaxis_title="cosine with the VAA",
+        legend={"orientation": "h", "yanchor": "top", "y": -0.18},
+    )  # fmt: skip
+
+
+def emoji_neutrality(
+    scan: Any,
+    *,
+    trio: Sequence[str] | None = None,
+    top: int = 10,
+    title: str | None = None,
+) -> go.Figure:
+    """Per-emoji cosines with the CAD and prompt sentiment vectors (appendix J.2).
+
+    Each scanned emoji is a point (x: cos with the CAD review vector, y: cos with the "describe
+    ... positive/negative" prompt vector), coloured by its category, hover text giving its rank,
+    name and score max(|cos_CAD|, |cos_prompt|). Neutral emoji sit near the origin; the dotted
+    square bounds the ``top`` most neutral ones; the tile trio (default the paper's office
+    trio 📇 📐 🧾) is starred, with its within-trio spreads in the title.
+
+    Args:
+        scan: :func:`welfare_lens.analysis.neutrality_scan` output (a ``NeutralityScan``) or
+            its ``to_dict()``.
+        trio: Three emoji to mark (default the paper's office trio; ``()`` for none).
+        top: Size of the most-neutral set whose bound is drawn.
+        title: Figure title.
+
+    Raises:
+        DataError: Unreadable scan, or a trio emoji that was not scanned.
+    """
+    from welfare_lens.analysis.emoji_neutrality import PAPER_TRIO
+
+    rows = scan.table() if hasattr(scan, "table") else (scan or {}).get("rows")
+    if not rows:
+        raise DataError(
+            f"Cannot read an emoji scan from {type(scan).__name__}.",
+            hint="Pass wl.analysis.neutrality_scan(...) or its to_dict().",
+        )
+    layer = scan.layer if hasattr(scan, "layer") else scan.get("layer")
+    trio = tuple(PAPER_TRIO if trio is None else trio)
+    by_emoji = {r["emoji"]: r for r in rows}
+    missing = [e for e in trio if e not in by_emoji]
+    if missing:
+        raise DataError(
+            f"Trio emoji {missing} are not in the scan.",
+            hint="Scan them too, or pass trio=() to mark none.",
+        )
+    fig = go.Figure()
+    cats: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        cats.setdefault(r.get("category") or "uncategorised", []).append(r)
+    for cat, members in cats.items():
+        fig.add_trace(
+            go.Scatter(
+                x=_nan_to_none(m["cos_cad"] for m in members),
+                y=_nan_to_none(m["cos_prompt"] for m in members),
+                mode="markers",
+                marker={"size": 7, "color": colour(cat), "opacity": 0.75},
+                name=cat,
+                hovertext=[
+                    f"{m['emoji']} {m.get('name') or ''} (rank {m['rank']} of {len(rows)})<br>"
+                    f"cos CAD {_fmt(m['cos_cad'])}, cos prompt {_fmt(m['cos_prompt'])}<br>"
+                    f"score {_fmt(m['score'], '.3f')}"
+                    for m in members
+                ],
+                hovertemplate=_HOVER,
+            )
+        )
+    finite = [r["score"] for r in rows if r.get("score") is not None]
+    if finite and top > 0:
+        bound = float(sorted(finite)[min(top, len(finite)) - 1])
+        fig.add_shape(
+            type="rect", x0=-bound, x1=bound, y0=-bound, y1=bound,
+            line={"color": "#566573", "dash": "dot", "width": 1},
+        )  # fmt: skip
+    spread_text = ""
+    if trio:
+        members = [by_emoji[e] for e in trio]
+        fig.add_trace(
+            go.Scatter(
+                x=_nan_to_none(m["cos_cad"] for m in members),
+                y=_nan_to_none(m["cos_prompt"] for m in members),
+                mode="markers+text",
+                text=list(trio),
+                textposition="top center",
+                marker={"symbol": "star", "size": 16, "color": NEUTRAL},
+                name="tile trio",
+                hovertext=[
+                    f"{m['emoji']} tile trio member, rank {m['rank']} of {len(rows)}"
+                    for m in members
+                ],
+                hovertemplate=_HOVER,
+            )
+        )
+
+        def spread(key: str) -> float:
+            values = [float(m[key]) for m in members if m[key] is not None]
+            return max(values) - min(values) if len(values) == 3 else math.nan
+
+        ranks = ", ".join(str(m["rank"]) for m in members)
+        spread_text = (
+            f"; trio ranks {ranks} of {len(rows)}, spread CAD {_fmt(spread('cos_cad'), '.3f')}"
+            f", prompt {_fmt(spread('cos_prompt'), '.3f')}"
+        )
+    fig.add_hline(y=0, line={"color": "#abb2b9", "width": 1})
+    fig.add_vline(x=0, line={"color": "#abb2b9", "width": 1})
+    if title is None:
+        title = f"Emoji neutrality at layer {layer} (App. J.2){spread_text}"
+    return _finish(
+        fig, title, xaxis_title="cos(emoji vector, CAD sentiment vector)",
+        yaxis_title="cos(emoji vector, prompt sentiment vector)", height=560,
+    )  # fmt: skip
+
+
+def pre_existence(
+    result: Any,
+    *,
+    evaluations: Sequence[str] | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Steering slopes of the same vectors on several models, side by side (A1 finding 6).
+
+    One panel per evaluation; for each vector (trained v solid, controls u hatched) a bar per
+    model (the trained checkpoint, the maze-naive model, a pretrain-only model) with ± SE
+    error bars. If the naive models steer like the trained one, the axis existed before RL.
+
+    Args:
+        result: :func:`welfare_lens.steering.pre_existence` output or its ``to_dict()``.
+        evaluations: Evaluations to show (default all).
+        title: Figure title.
+
+    Raises:
+        DataError: Unreadable result or unknown evaluation.
+    """
+    if hasattr(result, "rows") and hasattr(result, "slopes"):
+        rows = result.rows()
+        models = list(result.models)
+        all_evals = list(result.evaluations)
+    elif isinstance(result, Mapping) and "slopes" in result:
+        rows = list(result["slopes"])
+        models = list(result.get("models", {})) or sorted({r["model"] for r in rows})
+        all_evals = list(result.get("evaluations", [])) or sorted({r["evaluation"] for r in rows})
+    else:
+        raise DataError(
+            f"Cannot read a pre-existence result from {type(result).__name__}.",
+            hint="Pass wl.steering.pre_existence(...) or its to_dict().",
+        )
+    chosen = all_evals if evaluations is None else [str(e) for e in evaluations]
+    unknown = [e for e in chosen if e not in all_evals]
+    if unknown or not chosen:
+        raise DataError(f"Unknown evaluation(s) {unknown}.", hint=f"Use some of {all_evals}.")
+    fig = make_subplots(rows=1, cols=len(chosen), subplot_titles=chosen)
+    model_colours = {
+        m: (NEUTRAL, *_FALLBACK)[i % (len(_FALLBACK) + 1)] for i, m in enumerate(models)
+    }
+    for c, evaluation in enumerate(chosen, start=1):
+        for model in models:
+            sel = [r for r in rows if r["evaluation"] == evaluation and r["model"] == model]
+            if not sel:
+                continue
+            fig.add_trace(
+                go.Bar(
+                    x=[r["vector"] for r in sel],
+                    y=_nan_to_none(r["slope"] for r in sel),
+                    error_y={"type": "data", "array": _nan_to_none(r["se"] for r in sel)},
+                    marker={
+                        "color": model_colours[model],
+                        "pattern": {"shape": ["/" if r["role"] == "control" else "" for r in sel]},
+                    },
+                    name=model,
+                    legendgroup=model,
+                    showlegend=c == 1,
+                    hovertext=[
+                        f"{evaluation}: {r['vector']} (layer {r['layer']}) on {model} "
+                        f"({r.get('model_id', '')})<br>slope {_fmt(r['slope'], '+.4g')} ± "
+                        f"{_fmt(r['se'], '.2g')} per unit α, n = {r['n']}"
+                        for r in sel
+                    ],
+                    hovertemplate=_HOVER,
+                ),
+                row=1,
+                col=c,
+            )
+        fig.add_hline(y=0, line={"color": "#566573", "width": 1}, row=1, col=c)
+    fig.update_yaxes(title_text="slope per unit α", col=1)
+    if title is None:
+        title = "Pre-existence: the same vectors steer " + ", ".join(models) + " (A1 finding 6)"
+    return _finish(fig, title, barmode="group", height=460)
+
+
+def confidence_control(control: Any, *, title: str | None = None) -> go.Figure:
+    """Correct-vs-incorrect Cohen's d within P(True) bins, beside the overall d (Figure 7).
+
+    One group of bars per confidence bin (least confident first), one bar per vector; the
+    overall d of each vector, ignoring confidence, is a dashed line. A welfare axis that only
+    tracked confidence would lose its separation within the bins.
+
+    Args:
+        control: :func:`welfare_lens.analysis.confidence_tertiles` output (a
+            ``ConfidenceControl``).
+        title: Figure title.
+
+    Raises:
+        DataError: Not a ConfidenceControl.
+    """
+    if not (hasattr(control, "bins") and hasattr(control, "overall")):
+        raise DataError(
+            f"Cannot read a confidence control from {type(control).__name__}.",
+            hint="Pass wl.analysis.confidence_tertiles(...).",
+        )
+    a, b = control.conditions
+    labels = [
+        f"bin {k.index + 1}: P(True) {k.low:.2f}–{k.high:.2f} (n={k.n})" for k in control.bins
+    ]
+    fig = go.Figure()
+    for vector, overall in control.overall.items():
+        col = colour(vector)
+        ds = [k.contrasts[vector].d if vector in k.contrasts else math.nan for k in control.bins]
+        fig.add_trace(
+            go.Bar(
+                x=labels,
+                y=_nan_to_none(ds),
+                marker={"color": col},
+                name=f"d within bin ({vector})",
+                hovertext=[
+                    f"{lab}<br>{vector}: d({a} − {b}) = {_fmt(d, '+.2f')}"
+                    + (f"<br>{k.note}" if k.note else "")
+                    for lab, d, k in zip(labels, ds, control.bins, strict=True)
+                ],
+                hovertemplate=_HOVER,
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=labels,
+                y=[overall.d if math.isfinite(overall.d) else None] * len(labels),
+                mode="lines",
+                line={"color": col, "dash": "dash"},
+                name=f"overall d ({vector}) {_fmt(overall.d, '+.2f')}",
+                hovertext=[f"{vector}: overall d = {_fmt(overall.d, '+.2f')}"] * len(labels),
+                hovertemplate=_HOVER,
+            )
+        )
+    fig.add_hline(y=0, line={"color": "#566573", "width": 1})
+    if title is None:
+        title = f"Correctness tracking within P(True) bins: d({a} − {b}) (Figure 7)"
+    return _finish(
+        fig, title, barmode="group", xaxis_title="confidence bin",
+        yaxis_title=f"Cohen's d ({a} − {b})",
+    )  # fmt: skip
