@@ -864,12 +864,243 @@ def paper_figures() -> list[NotebookNode]:
 # Assembly
 # ------------------------------------------------------------------------------------------------
 
+
+# ------------------------------------------------------------------------------------------------
+# 06 recruitment
+# ------------------------------------------------------------------------------------------------
+
+
+def recruitment() -> list[NotebookNode]:
+    return [
+        md(
+            """
+            # 06 · Recruitment, not creation: checkpoints, naive axes, VAA, emoji, pre-existence
+
+            The paper's central claim is that RL *recruits* an axis the model already has
+            (A1 finding 6). This notebook runs the evidence for it, one call each:
+
+            1. welfare vectors of one trajectory set at every checkpoint of a run
+               (`checkpoint_vectors`, appendix G), their rotation onto three fixed axes of the
+               naive model (prompt sentiment vector, emotion PC1, the Valence-Assent Axis), and
+               the Spearman correlation of that alignment with the smoothed reward;
+            2. the Valence-Assent Axis (appendix H) and its cosines with u and v;
+            3. the emoji neutrality check of the tile emoji (appendix J.2);
+            4. the trained vectors steering the naive model (pre-existence);
+            5. correctness tracking within P(True) tertiles (Figure 7);
+
+            and puts every figure into one report. On `tiny-llama` each step takes seconds and
+            the numbers mean nothing; `examples/recruitment.py` is the real-model script.
+            """
+        ),
+        code(PARAMETERS),
+        code(
+            """
+            STEPS = 4 if QUICK else 25  # GRPO steps of the run whose checkpoints are analysed
+            CHECKPOINT_EVERY = 1 if QUICK else 5
+            PER_CLASS = 30 if QUICK else 150  # extraction samples per class, every checkpoint
+            STORIES_PER_EMOTION = 1 if QUICK else None  # emotion PC1 axis
+            EMOJI = 12 if QUICK else 200  # emoji scanned for neutrality
+            PER_EMOJI = 4 if QUICK else 45
+            ARITHMETIC = 24 if QUICK else None  # correctness items (None: all shipped)
+            """
+        ),
+        code(setup("notebook_06", stdlib=("time",))),
+        md(
+            """
+            ## A run with checkpoints
+
+            Any run folder with `checkpoint-*` subfolders and a `metrics.jsonl` works (e.g. one
+            from `examples/recipe.py`); here a short compact-format GRPO run writes one.
+            """
+        ),
+        code(
+            """
+            base = wl.load_model(MODEL)
+            maze_cfg = wl.maze.MazeConfig(prompt_format="compact")
+            run_dir = WORK / time.strftime("run-%Y%m%d-%H%M%S")
+            config = wl.rl.GRPOConfig(
+                mazes_per_step=2, episodes_per_maze=4, micro_batch_size=4, lr=3e-4,
+                schedule_steps=max(STEPS, 2), out_dir=str(run_dir),
+                checkpoint_every=CHECKPOINT_EVERY, progress=not QUICK, seed=0,
+            )
+            trainer = wl.rl.GRPOTrainer(wl.load_model(MODEL), maze_cfg, config)
+            trainer.train(STEPS)
+            print(sorted(p.name for p in run_dir.glob("checkpoint-*")))
+            """
+        ),
+        md(
+            """
+            ## Vectors at every checkpoint (appendix G)
+
+            Step 0 is the naive model; every checkpoint is merged into the same base model in
+            turn. Each step is cached under `out_dir` with a fingerprint, so rerunning the cell
+            reads the vectors back.
+            """
+        ),
+        code(
+            """
+            trajs = wl.maze.shared_prefix_trajectories(maze_cfg, per_class=PER_CLASS)
+            series = wl.analysis.checkpoint_vectors(
+                run_dir, base, trajs, out_dir=run_dir / "vectors", progress=not QUICK,
+                capture_kwargs={"holdout": 0.2},  # held-out samples choose L* below
+            )
+            u, v = series[series.steps[0]], series[series.steps[-1]]
+            series
+            """
+        ),
+        md(
+            """
+            ## Fixed axes of the naive model
+
+            The prompt sentiment vector ("Describe a book using positive/negative sentiment",
+            F.1), PC1 of the emotion vectors (F.4) and the Valence-Assent Axis (H.1: the first
+            right singular vector of last-prompt-token activations on forced-choice
+            support/oppose statements, signed by logit_A − logit_B).
+            """
+        ),
+        code(
+            """
+            from collections import Counter
+
+            sentiment = wl.analysis.sentiment_control_vectors(base, progress=False)
+            vaa = wl.analysis.valence_assent_axis(base)
+            stories = wl.analysis.load_stories()
+            if STORIES_PER_EMOTION is not None:
+                seen = Counter()
+                stories = [s for s in stories
+                           if (seen.update([s.emotion]) or seen[s.emotion]) <= STORIES_PER_EMOTION]
+            emotions = wl.analysis.emotion_vectors(base, stories, progress=not QUICK)
+            pca = wl.analysis.emotion_pca(emotions, v=v, control=u)
+            print(vaa)
+            """
+        ),
+        md(
+            """
+            ## Rotation and recruitment
+
+            `rotation_table` gives cos(v, axis) and the unit-projection separation of the Gold-
+            and Mold-final means per step and layer; `recruitment` correlates each with the
+            EMA-smoothed reward over checkpoints (Spearman ρ with a bootstrap CI) and reports
+            the band of layers where the alignment grew with the reward.
+            """
+        ),
+        code(
+            """
+            axes = {"prompt_sentiment": (sentiment, "prompt"), "emotion_pc1": pca,
+                    "vaa": vaa.vectors}
+            table = wl.analysis.rotation_table(series, axes)
+            rewards = wl.analysis.reward_series(run_dir / "metrics.jsonl", steps=series.steps)
+            rec = wl.analysis.recruitment(table, rewards, n_boot=200 if QUICK else 1000)
+            print(table)
+            print(rec)
+            """
+        ),
+        code("fig_rotation = wl.plots.rotation(table, rewards)\nfig_rotation"),
+        code("fig_recruitment = wl.plots.recruitment(rec)\nfig_recruitment"),
+        md("## The Valence-Assent Axis against u and v (appendix H)"),
+        code(
+            """
+            vaa_u = wl.analysis.vaa_cosines(vaa, u)
+            vaa_v = wl.analysis.vaa_cosines(vaa, v)
+            fig_vaa = wl.plots.vaa_cosines(vaa_v, vaa_u, layers=vaa.layers,
+                                           d_model=u.metadata.d_model)
+            fig_vaa
+            """
+        ),
+        md(
+            """
+            ## Emoji neutrality (appendix J.2)
+
+            Per-emoji vectors from maze conversations whose final move lands on that emoji,
+            compared with the CAD and prompt sentiment vectors; the paper's office trio is
+            starred. A real scan uses 200 candidates (`examples/emoji_scan.py`).
+            """
+        ),
+        code(
+            """
+            candidates = wl.analysis.pick_candidates(EMOJI)
+            emoji_vecs = wl.analysis.emoji_vectors(
+                base, candidates, per_emoji=PER_EMOJI, progress=not QUICK
+            )
+            scan = wl.analysis.neutrality_scan(emoji_vecs, sentiment, sentiment, vaa.layer)
+            print(scan)
+            fig_emoji = wl.plots.emoji_neutrality(scan)
+            fig_emoji
+            """
+        ),
+        md(
+            """
+            ## Pre-existence: the trained vectors steer the naive model (A1 finding 6)
+
+            The same v at its L* steers the trained checkpoint and the naive model on the
+            P(True) confidence evaluation (the others: `evaluations=wl.steering.EVALUATIONS`);
+            controls u are steered only on models other than the vectors' own checkpoint.
+            """
+        ),
+        code(
+            """
+            heldout = series.stats[series.steps[-1]].heldout
+            l_star = {c: wl.analysis.select_steering_layer(v, c, heldout).layer
+                      for c in ("mold", "gold")}
+            trained = wl.rl.load_checkpoint(run_dir)
+            pre = wl.steering.pre_existence(
+                v, {"trained": trained, "naive": base}, evaluations=["confidence"],
+                layer=l_star, control=u, quick=QUICK,
+            )
+            print(pre)
+            fig_pre = wl.plots.pre_existence(pre)
+            fig_pre
+            """
+        ),
+        md("## Correctness tracking within P(True) tertiles (Figure 7)"),
+        code(
+            """
+            items = wl.analysis.load_arithmetic()
+            items = items[:ARITHMETIC] if ARITHMETIC else items
+            control = wl.analysis.correctness_with_confidence(
+                trained, v, l_star["gold"], items=items, allow_other_checkpoint=True
+            )
+            print(control)
+            fig_conf = wl.plots.confidence_control(control)
+            fig_conf
+            """
+        ),
+        md("## One report with every figure"),
+        code(
+            """
+            from welfare_lens.report import Section, build_report
+
+            report = build_report(
+                WORK / "report", title=f"Recruitment analyses: {MODEL}",
+                config={"model": MODEL, "steps": STEPS, "per_class": PER_CLASS},
+                sections=[
+                    Section("Rotation (G)", repr(rec), figures=[fig_rotation, fig_recruitment]),
+                    Section("Valence-Assent Axis (H)", repr(vaa), figures=[fig_vaa]),
+                    Section("Emoji neutrality (J.2)", repr(scan), figures=[fig_emoji]),
+                    Section("Pre-existence (A1)", repr(pre), figures=[fig_pre]),
+                    Section("Confidence control (Figure 7)", repr(control), figures=[fig_conf]),
+                ],
+                numbers={"rotation": table, "recruitment": rec, "vaa": vaa,
+                         "emoji": scan, "pre_existence": pre},
+            )
+            k = table.layers.index(table.report_layer)
+            print(
+                f"SUMMARY 06: model={MODEL} checkpoints={len(series.steps)} "
+                f"rho_vaa_gold={rec.rho['vaa']['cos_gold'][k]:+.3f} "
+                f"vaa_u_gold={vaa_u['gold'][-1]:+.3f} vaa_v_gold={vaa_v['gold'][-1]:+.3f} "
+                f"trio_rank={scan.rank_of(wl.analysis.PAPER_TRIO[0])} report={report.name}"
+            )
+            """
+        ),
+    ]
+
 NOTEBOOKS = {
     "01_quickstart.ipynb": quickstart,
     "02_training.ipynb": training,
     "03_emotions.ipynb": emotions,
     "04_steering.ipynb": steering,
     "05_paper_figures.ipynb": paper_figures,
+    "06_recruitment.ipynb": recruitment,
 }
 
 METADATA = {

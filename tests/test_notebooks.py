@@ -30,6 +30,7 @@ NAMES = (
     "03_emotions.ipynb",
     "04_steering.ipynb",
     "05_paper_figures.ipynb",
+    "06_recruitment.ipynb",
 )
 NUM = r"[-+]?\d+\.\d+"
 # The last cell of each notebook prints one SUMMARY line; tiny-llama has 2 layers.
@@ -44,6 +45,8 @@ SUMMARIES = {
     rf"slope_u_gold={NUM} p_true_correct={NUM}",
     "05_paper_figures.ipynb": rf"SUMMARY 05: model=tiny-llama stages=6 L\*_gold=[01] "
     rf"min_cos_v={NUM} min_cos_u={NUM} report=report\.html",
+    "06_recruitment.ipynb": rf"SUMMARY 06: model=tiny-llama checkpoints=5 rho_vaa_gold=(?:{NUM}|nan) "
+    rf"vaa_u_gold={NUM} vaa_v_gold={NUM} trio_rank=\d+ report=report\.html",
 }
 # Plotly figures each notebook displays.
 FIGURES = {
@@ -52,6 +55,7 @@ FIGURES = {
     "03_emotions.ipynb": 2,
     "04_steering.ipynb": 1,
     "05_paper_figures.ipynb": 3,
+    "06_recruitment.ipynb": 6,
 }
 # Other text the notebooks must print (paper-facing labels and facts of the tiny runs).
 TEXTS = {
@@ -76,6 +80,14 @@ TEXTS = {
         "analysis.json sections:",
         "Antiparallelism (paper §3.1)",
         "held-out mazes",
+    ],
+    "06_recruitment.ipynb": [
+        "CheckpointSeries(",
+        "RotationTable(5 steps 0..4",
+        "Recruitment(5 checkpoints",
+        "VAAResult(",
+        "NeutralityScan(12 emoji",
+        "PreExistenceResult(",
     ],
 }
 # Generous: the notebooks take 15-45 s on one shared CPU thread; this catches size blow-ups.
