@@ -1094,6 +1094,7 @@ def recruitment() -> list[NotebookNode]:
         ),
     ]
 
+
 NOTEBOOKS = {
     "01_quickstart.ipynb": quickstart,
     "02_training.ipynb": training,
