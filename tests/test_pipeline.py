@@ -40,6 +40,12 @@ def test_reproduce_writes_every_stage(quick_run: Path) -> None:
     for tag in ("v", "u"):
         for concept in ("mold", "gold"):
             assert 0 <= analysis["l_star"][tag][concept] < n_layers
+    vaa = analysis["vaa"]  # appendix H: one cosine per layer for each vector of v and u
+    assert vaa["layers"] == list(range(n_layers)) and vaa["n_statements"] >= 150
+    for tag in ("v", "u"):
+        assert set(vaa["cosines"][tag]) == {"mold", "gold"}
+        assert all(-1.0 <= c <= 1.0 for c in vaa["cosines"][tag]["gold"])
+    assert "Valence-Assent Axis (appendix H)" in (quick_run / "report.html").read_text()
     steer = json.loads((quick_run / "steer" / "steer.json").read_text())
     for evaluation in ("sentiment", "confidence", "refusal", "backtracking"):
         vectors = {row["vector"] for row in steer[evaluation]["slopes"]}

@@ -15,7 +15,13 @@ if TYPE_CHECKING:
 _PAPER = {
     "min cos(v_Mold, v_Gold)": "trained minima -0.95 to -0.84 over 10 models (primary -0.947 "
     "at L35), control minima -0.23 to -0.13 (Table 7)",
+    "vaa": "Paper (Qwen3-4B, layer 21 of 36): v_Mold −0.219, v_Gold +0.087, u_Mold −0.020, "
+    "u_Gold −0.057 (H.2)",
 }
+
+
+def _signed(x: Any) -> str:
+    return "n/a" if x is None else f"{float(x):+.3f}"
 
 
 def _load(path: Path) -> Any:
@@ -183,6 +189,28 @@ def write_pipeline_report(cfg: PipelineConfig, out: Path) -> Path:
                 ],
             )
         )
+        vaa = analysis.get("vaa")
+        if vaa:
+            i = vaa["layers"].index(vaa["layer"])
+            cos = vaa["cosines"]
+            at = ", ".join(
+                f"{tag}_{name} {_signed(cos[tag][name][i])}"
+                for tag in ("v", "u")
+                for name in cos[tag]
+            )
+            sections.append(
+                Section(
+                    "Valence-Assent Axis (appendix H)",
+                    f"First right singular vector of the naive model's last-prompt-token "
+                    f"activations on {vaa['n_statements']} forced-choice statements, signed by "
+                    f"logit_A − logit_B. At layer {vaa['layer']}: {at}. {_PAPER['vaa']}.",
+                    figures=[
+                        plots.vaa_cosines(
+                            cos["v"], cos["u"], layers=vaa["layers"], d_model=anti.get("d_model")
+                        )
+                    ],
+                )
+            )
         sections.append(
             Section(
                 "Tracking (paper §5.1)",

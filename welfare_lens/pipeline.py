@@ -350,6 +350,8 @@ def _analyze(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
         seen_tile_cosines,
         seen_tile_vectors,
         select_steering_layer,
+        vaa_cosines,
+        valence_assent_axis,
     )
     from welfare_lens.analysis.tracking import track_outcomes
     from welfare_lens.maze import synthetic_trajectories
@@ -416,6 +418,16 @@ def _analyze(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
     result["emotion_pca"] = emotion_pca(emotions, ratings, v=vecs["v"]).to_dict()
     align = emotion_alignment(vecs["v"], emotions, control=vecs["u"])
     result["emotion_alignment"] = align.to_dict(points=True)
+    # Appendix H: the naive model's Valence-Assent Axis against u and against v.
+    vaa = valence_assent_axis(models.naive(), progress=False)
+    result["vaa"] = {
+        "layers": list(vaa.layers),
+        "layer": vaa.layer,
+        "n_statements": vaa.n_statements,
+        "r": vaa.r.tolist(),
+        "explained_variance_ratio": vaa.explained_variance_ratio.tolist(),
+        "cosines": {tag: vaa_cosines(vaa, vecs[tag], layers=vaa.layers) for tag in ("v", "u")},
+    }
     fresh = synthetic_trajectories(
         _maze_cfg(cfg),
         per_class=cfg.tracking_per_class,
