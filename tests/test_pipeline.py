@@ -67,6 +67,24 @@ def test_finished_stages_are_skipped(quick_run: Path, capsys: pytest.CaptureFixt
         run_stage("analyze", cfg.updated({"per_class": 99}), quick_run)
 
 
+def test_minimal_pair_design_extracts_unflagged_vectors(quick_run: Path, tmp_path: Path) -> None:
+    """design="minimal_pairs": same trained checkpoint, classes that differ only in the move."""
+    import shutil
+
+    shutil.copytree(quick_run / "train", tmp_path / "train")
+    cfg = PipelineConfig.preset("quick", model="tiny-llama", design="minimal_pairs")
+    run_stage("extract", cfg, tmp_path)
+    done = json.loads((tmp_path / "extract" / "done.json").read_text())
+    assert done["design"] == "minimal_pairs"
+    from welfare_lens.vectors import ClassStatistics
+
+    for tag in ("v", "u"):
+        table = ClassStatistics.load(tmp_path / "extract" / f"stats_{tag}").info["composition"]
+        assert table["flagged"] is False and table["max_imbalance"] == 0.0
+    paper = ClassStatistics.load(quick_run / "extract" / "stats_v").info["composition"]
+    assert paper["flagged"] is True
+
+
 def test_config_sources_and_errors(tmp_path: Path) -> None:
     toml = tmp_path / "run.toml"
     toml.write_text('[pipeline]\nper_class = 123\nalphas = [-2, 0, 2]\nmodel = "tiny-qwen3"\n')
@@ -86,6 +104,8 @@ def test_config_sources_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="dtype"):
         PipelineConfig(dtype="float8")
     assert PipelineConfig(dtype="bfloat16").dtype == "bfloat16"
+    with pytest.raises(ConfigError, match="design"):
+        PipelineConfig(design="paired")
     with pytest.raises(ConfigError, match="preset"):
         PipelineConfig.preset("huge")
     paper = PipelineConfig.preset("paper")

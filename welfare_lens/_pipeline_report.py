@@ -19,6 +19,13 @@ _PAPER = {
     "u_Gold −0.057 (H.2)",
 }
 
+_DESIGN_TEXT = {
+    "shared_prefix": "shared-prefix samples of the paper's classes (a class-c sample ends with "
+    "a move onto class c)",
+    "minimal_pairs": "minimal pairs (one final move per class branched off the same prefix: "
+    "the classes differ only in the chosen move)",
+}
+
 
 def _signed(x: Any) -> str:
     return "n/a" if x is None else f"{float(x):+.3f}"
@@ -120,8 +127,8 @@ def write_pipeline_report(cfg: PipelineConfig, out: Path) -> Path:
                 "Antiparallelism (paper §3.1)",
                 "cos(v_Mold, v_Gold) per layer for the trained model and the naive control, "
                 "with the steering layer L* chosen on held-out mazes (AUROC, Cohen's d, "
-                "histogram overlap). Extraction design: shared-prefix samples of the paper's "
-                f"classes, {cfg.per_class} per class. Paper: {_PAPER['min cos(v_Mold, v_Gold)']}.",
+                f"histogram overlap). Extraction design: {_DESIGN_TEXT[cfg.design]}, "
+                f"{cfg.per_class} per class. Paper: {_PAPER['min cos(v_Mold, v_Gold)']}.",
                 tables=[("summary", rows)],
                 figures=[
                     plots.antiparallelism(
@@ -152,11 +159,11 @@ def write_pipeline_report(cfg: PipelineConfig, out: Path) -> Path:
             sections.append(
                 Section(
                     "Extraction design and composition",
-                    "Design: **shared-prefix samples of the paper's classes** (a class-c sample "
-                    "ends with a move onto class c). Its classes differ in what the model saw "
-                    f"(flagged: {flags}); the seen-tile cosines say how much of each welfare "
-                    "vector the neighbour composition alone explains. Compare with "
-                    "`shared_prefix_trajectories(design='minimal_pairs')`.",
+                    f"Design: **{_DESIGN_TEXT[cfg.design]}**. Whether the classes differ in what "
+                    f"the model saw (flagged: {flags}); the seen-tile cosines say how much of "
+                    "each welfare vector the neighbour composition alone explains. The other "
+                    'design: `PipelineConfig(design=...)`, `--set design="minimal_pairs"`; '
+                    "see docs/designs.md.",
                     tables=[("mean neighbours per class", rows), ("seen-tile cosines", seen)],
                 )
             )

@@ -35,6 +35,8 @@ __all__ = ["STAGES", "PipelineConfig", "run_pipeline", "run_stage"]
 
 STAGES: tuple[str, ...] = ("train", "extract", "analyze", "steer", "evaluate", "report")
 EVALUATIONS: tuple[str, ...] = ("sentiment", "confidence", "refusal", "backtracking")
+#: Extraction designs of :attr:`PipelineConfig.design`.
+DESIGNS: tuple[str, ...] = ("shared_prefix", "minimal_pairs")
 #: Model weight dtypes a run may use (``PipelineConfig.dtype``).
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
@@ -55,7 +57,12 @@ class PipelineConfig:
         turns: Maze turns per episode (paper: 15).
         train_steps: GRPO steps.
         mazes_per_step, episodes_per_maze, micro_batch_size, lr: GRPO settings (A3).
-        per_class: Extraction samples per class (paper: 5,000), shared-prefix design.
+        per_class: Extraction samples per class (paper: 5,000), shared-prefix sampling.
+        design: Extraction classes: ``"shared_prefix"`` (the paper's: a class-c sample ends
+            with a move onto class c, so the classes also differ in what the last prompt showed)
+            or ``"minimal_pairs"`` (one final move per class branched off the same prefix, so
+            they differ only in the chosen move; see ``docs/designs.md``). v and u always share
+            the design.
         holdout: Fraction of mazes kept aside for the steering-layer selection (A4).
         tracking_per_class: Fresh trajectories per class for tracking (A8).
         stories_per_emotion: Stories per emotion for the emotion vectors (None: all).
@@ -79,6 +86,7 @@ class PipelineConfig:
     micro_batch_size: int = 2
     lr: float = 3e-4
     per_class: int = 2000
+    design: str = "shared_prefix"
     holdout: float = 0.1
     tracking_per_class: int = 100
     stories_per_emotion: int | None = None
@@ -103,6 +111,10 @@ class PipelineConfig:
                     f"{name} must be a non-negative integer, got {value!r}.",
                     hint="Fix the value in the TOML file or on the command line.",
                 )
+        if self.design not in DESIGNS:
+            raise ConfigError(
+                f"Unknown extraction design {self.design!r}.", hint=f"Choose from {DESIGNS}."
+            )
         if self.dtype not in DTYPES:
             raise ConfigError(
                 f"Unknown dtype {self.dtype!r}.", hint=f"Choose from {tuple(DTYPES)}."
@@ -317,8 +329,12 @@ def _extract(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
     from welfare_lens.vectors import welfare_vectors
 
     folder = out / "extract"
-    trajs = shared_prefix_trajectories(_maze_cfg(cfg), per_class=cfg.per_class)
-    result: dict[str, Any] = {"samples": len(trajs), "design": "shared_prefix"}
+    trajs = shared_prefix_trajectories(
+        _maze_cfg(cfg),
+        per_class=cfg.per_class,
+        design=cfg.design,  # type: ignore[arg-type]  # checked in PipelineConfig
+    )
+    result: dict[str, Any] = {"samples": len(trajs), "design": cfg.design}
     for tag, get in (("u", models.naive), ("v", models.trained)):
         if (folder / f"{tag}.json").exists():  # vectors are written after their statistics
             continue
