@@ -196,6 +196,43 @@ def test_micro_batches_give_the_same_gradient() -> None:
     assert grads[0].abs().max() > 0
 
 
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-gemma3"])
+@pytest.mark.parametrize("turns", [1, 3])
+def test_shared_prefix_update_gives_the_same_logits_and_gradient(family: str, turns: int) -> None:
+    """Branching a group's episodes off their shared first-prompt cache changes no number."""
+    from welfare_lens.models import load_model
+    from welfare_lens.rl.trainer import shared_prefix_action_logits, shared_prefix_length
+
+    maze = MazeConfig(size=20, turns=turns)
+    grads, logits = [], []
+    for share in (False, True):
+        cfg = small(micro_batch_size=4, episodes_per_maze=3, share_update_prefix=share)
+        trainer = GRPOTrainer(load_model(family), maze, cfg)
+        episodes = rollout(trainer.model, maze_groups(maze, 2, 3, seed=5), seed=5)
+        trainer.compute_gradients(episodes)
+        grads.append(torch.cat([p.grad.flatten() for p in trainer.trainable_parameters]))
+        batch = collate(episodes, trainer.pad_id)
+        groups = torch.arange(6) // 3
+        args = (batch["input_ids"], batch["action_positions"], trainer.allowed)
+        with torch.no_grad():
+            z = (
+                shared_prefix_action_logits(trainer.model, *args, batch["turn_mask"], groups)
+                if share
+                else action_logits(trainer.model, *args)
+            )
+        logits.append(z)
+        if share:  # the prompts of a group share far more than MIN_SHARED_PREFIX tokens
+            length = shared_prefix_length(
+                batch["input_ids"], batch["action_positions"], batch["turn_mask"], groups
+            )
+            assert length >= 20
+            first = batch["action_positions"][:, 0].min()
+            assert length <= first - 1
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-8)
+    assert grads[0].abs().max() > 0
+
+
 def test_lr_and_entropy_follow_the_shared_cosine(fresh_llama: Any) -> None:
     cfg = small(lr=1e-3, entropy_beta0=0.05, schedule_steps=3)
     trainer = GRPOTrainer(fresh_llama, MAZE, cfg)
@@ -371,9 +408,9 @@ def test_update_backs_off_on_out_of_memory(monkeypatch: pytest.MonkeyPatch) -> N
 
         monkeypatch.setattr(trainer_module, "action_logits", flaky)
         torch.manual_seed(0)
-        trainer = GRPOTrainer(
-            load_model("tiny-llama"), MAZE, small(micro_batch_size=micro, episodes_per_maze=4)
-        )
+        # share_update_prefix=False: the update then calls action_logits once per micro-batch.
+        cfg = small(micro_batch_size=micro, episodes_per_maze=4, share_update_prefix=False)
+        trainer = GRPOTrainer(load_model("tiny-llama"), MAZE, cfg)
         trainer.step()
         monkeypatch.setattr(trainer_module, "action_logits", real)
         return [p.detach().clone() for p in trainer.trainable_parameters], sizes

@@ -72,6 +72,10 @@ class GRPOConfig:
         weight_decay: AdamW weight decay (the paper does not say; 0).
         adam_betas: AdamW betas.
         rollout_batch_size: Episodes decoded together on one KV cache (``None``: all).
+        share_update_prefix: In the update, encode the first-prompt tokens that a group's
+            episodes share once per micro-batch and branch every episode off that KV cache
+            (the gradient is the same; the forward/backward work shrinks by up to the group
+            size for single-turn episodes).
         shared_episode_seed: Give all episodes of a maze the same wind and clause orders.
         sft_batch_size: Trajectories per SFT step (note B-12: 16).
         sft_horizon: Look-ahead of the :class:`~welfare_lens.maze.OptimalPolicy` making SFT data.
@@ -108,6 +112,7 @@ class GRPOConfig:
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     rollout_batch_size: int | None = 64
+    share_update_prefix: bool = True
     shared_episode_seed: bool = False
     sft_batch_size: int = 16
     sft_horizon: int = 7

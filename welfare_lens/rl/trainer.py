@@ -164,6 +164,78 @@ def action_logits(
     return z.gather(1, index)
 
 
+def _common_prefix_length(a: Tensor, b: Tensor) -> int:
+    n = min(a.shape[0], b.shape[0])
+    differ = (a[:n] != b[:n]).nonzero()
+    return int(differ[0, 0]) if differ.numel() else n
+
+
+#: Shorter shared prefixes are not worth a second forward call.
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(
+    input_ids: Int[Tensor, "batch pos"],
+    positions: Int[Tensor, "batch turns"],
+    turn_mask: Bool[Tensor, "batch turns"],
+    groups: Int[Tensor, " batch"],
+) -> int:
+    """Tokens every row shares with the first row of its group, before any needed logit.
+
+    The prefix must end at or before the earliest position whose logits the loss reads (the
+    one predicting the first action), so that every needed logit is computed on the suffix.
+    """
+    first_needed = int(torch.where(turn_mask, positions - 1, input_ids.shape[1]).min())
+    length = min(first_needed, input_ids.shape[1])
+    for g in torch.unique(groups).tolist():
+        rows = (groups == g).nonzero().flatten().tolist()
+        for r in rows[1:]:
+            length = min(length, _common_prefix_length(input_ids[rows[0]], input_ids[r]))
+    return length
+
+
+def shared_prefix_action_logits(
+    model: Any,
+    input_ids: Int[Tensor, "batch pos"],
+    positions: Int[Tensor, "batch turns"],
+    allowed: Int[Tensor, " k"],
+    turn_mask: Bool[Tensor, "batch turns"],
+    groups: Int[Tensor, " batch"],
+) -> Float[Tensor, "batch turns k"]:
+    """:func:`action_logits`, encoding the prefix each group shares once (same values).
+
+    Episodes of one GRPO group start from the same first prompt. Its common part (up to the
+    first action's predicting position) is run once per group with the KV cache kept, the cache
+    is expanded to the group's rows, and only each row's remaining tokens are run on it. Causal
+    attention makes every logit identical to the full forward's; gradients flow through the
+    shared cache into the shared tokens once per group, which is the sum the full forward gives.
+    Every group's prefix has the same length (the shortest), so the cache has no padding gaps
+    and sliding-window attention sees the same tokens. Falls back to :func:`action_logits` when
+    fewer than :data:`MIN_SHARED_PREFIX` tokens or no rows are shared.
+    """
+    order = list(dict.fromkeys(groups.tolist()))
+    length = shared_prefix_length(input_ids, positions, turn_mask, groups)
+    if len(order) == input_ids.shape[0] or length < MIN_SHARED_PREFIX:
+        return action_logits(model, input_ids, positions, allowed)
+    first_rows = [int((groups == g).nonzero()[0, 0]) for g in order]
+    prefix = input_ids[first_rows, :length]
+    _, past = forward_logits(
+        model, prefix, torch.tensor([length - 1]), return_type="logits_and_cache"
+    )
+    index = torch.tensor([order.index(g) for g in groups.tolist()], device=input_ids.device)
+    past.batch_select_indices(index)
+    # Padded turn slots read position `length` (any computed one): the loss masks them.
+    prev = torch.where(turn_mask, positions - 1, length) - length
+    keep = torch.unique(prev.flatten(), sorted=True)
+    logits, _ = forward_logits(
+        model, input_ids[:, length:], keep, past_key_values=past, return_type="logits_and_cache"
+    )
+    z = logits[..., allowed.to(logits.device)]
+    slot = torch.searchsorted(keep, prev.contiguous()).to(z.device)
+    out: Tensor = z.gather(1, slot.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
+    return out
+
+
 def grpo_loss(
     logits: Float[Tensor, "batch turns k"],
     chosen: Int[Tensor, "batch turns"],
@@ -782,9 +854,16 @@ class GRPOTrainer:
         ratio_max = 0.0
         mismatch = 0.0
         loss_sum = 0.0
+        g = cfg.episodes_per_maze
+        rows = torch.arange(n, device=dev)
         for i, s in enumerate(parts):
             with self._dropout_mode():
-                z = action_logits(self.model, ids[s], positions[s], self.allowed)
+                if cfg.share_update_prefix:
+                    z = shared_prefix_action_logits(
+                        self.model, ids[s], positions[s], self.allowed, turn_mask[s], rows[s] // g
+                    )
+                else:
+                    z = action_logits(self.model, ids[s], positions[s], self.allowed)
             loss, stats = grpo_loss(
                 z,
                 chosen[s],
