@@ -79,6 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mazes-per-step", type=int, default=None)
     parser.add_argument("--episodes-per-maze", type=int, default=None)
     parser.add_argument("--micro-batch-size", type=int, default=None)
+    parser.add_argument("--micro-batch-tokens", type=int, default=None)
     parser.add_argument("--maze-size", type=int, default=None)
     parser.add_argument("--turns", type=int, default=None, help="turns of the task (default 15)")
     parser.add_argument("--eval-mazes", type=int, default=200, help="held-out mazes per point")
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ("mazes_per_step", args.mazes_per_step),
             ("episodes_per_maze", args.episodes_per_maze),
             ("micro_batch_size", args.micro_batch_size),
+            ("micro_batch_tokens", args.micro_batch_tokens),
         )
         if value is not None
     }

@@ -233,6 +233,25 @@ def test_shared_prefix_update_gives_the_same_logits_and_gradient(family: str, tu
     assert grads[0].abs().max() > 0
 
 
+def test_micro_batch_tokens_caps_rows_by_the_padded_width() -> None:
+    from welfare_lens.models import load_model
+
+    cfg = small(micro_batch_size=8, micro_batch_tokens=300)
+    trainer = GRPOTrainer(load_model("tiny-llama"), MAZE, cfg)
+    assert trainer._micro_batches(6, 100) == [slice(0, 3), slice(3, 6)]  # 300 // 100 rows
+    assert trainer._micro_batches(6, 20) == [slice(0, 6)]  # capped by micro_batch_size
+    assert trainer._micro_batches(2, 1000) == [slice(0, 1), slice(1, 2)]  # at least one row
+    episodes = rollout(trainer.model, maze_groups(MAZE, 2, 3, seed=4), seed=4)
+    trainer.compute_gradients(episodes)
+    capped = torch.cat([p.grad.flatten() for p in trainer.trainable_parameters])
+    whole = GRPOTrainer(load_model("tiny-llama"), MAZE, small(micro_batch_size=None))
+    whole.compute_gradients(episodes)
+    full = torch.cat([p.grad.flatten() for p in whole.trainable_parameters])
+    torch.testing.assert_close(capped, full, rtol=1e-4, atol=1e-9)
+    with pytest.raises(TrainingError, match="micro_batch_tokens"):
+        small(micro_batch_tokens=0)
+
+
 def test_lr_and_entropy_follow_the_shared_cosine(fresh_llama: Any) -> None:
     cfg = small(lr=1e-3, entropy_beta0=0.05, schedule_steps=3)
     trainer = GRPOTrainer(fresh_llama, MAZE, cfg)

@@ -63,6 +63,10 @@ class GRPOConfig:
         micro_batch_size: Gradient accumulation: episodes per forward/backward pass (``None``: the
             whole batch at once). The loss is normalised by whole-batch totals, so the gradient
             does not depend on it.
+        micro_batch_tokens: Cap on padded tokens (episodes x longest episode) per micro-batch,
+            applied on top of ``micro_batch_size`` (``None``: no cap). Lets one setting serve a
+            curriculum whose episodes grow from one turn to fifteen: short episodes go through
+            in few large passes, long ones in small ones.
         updates_per_batch: PPO epochs μ over each batch (1: on-policy, the ratio is exactly 1).
         scale_std: Divide group advantages by their std; ``None`` means only for ``"grpo"``.
         eps_low: Lower clip range of the dual-clip surrogate (paper: 0.2).
@@ -103,6 +107,7 @@ class GRPOConfig:
     lora_dropout: float = 0.0
     max_grad_norm: float | None = 1.0
     micro_batch_size: int | None = None
+    micro_batch_tokens: int | None = None
     updates_per_batch: int = 1
     scale_std: bool | None = None
     eps_low: float = 0.2
@@ -166,7 +171,7 @@ class GRPOConfig:
             raise TrainingError(
                 f"sft_horizon must be in 1..10, got {self.sft_horizon!r}.", hint="E.g. 7."
             )
-        for name in ("micro_batch_size", "rollout_batch_size"):
+        for name in ("micro_batch_size", "micro_batch_tokens", "rollout_batch_size"):
             value = getattr(self, name)
             if value is not None:
                 _positive_int(name, value, hint="Use a positive integer, or None for all at once.")

@@ -1393,6 +1393,11 @@ _SHARED_GRPO: dict[str, Any] = {
     "lora_alpha": 64,
     "schedule_steps": 500,
     "max_grad_norm": 1.0,
+    # A group's episodes face the same wind and clause orders, so their first prompts are
+    # identical (the usual GRPO group: one prompt, G samples) and the rollout and the update
+    # encode that prompt once per group (share_update_prefix).
+    "shared_episode_seed": True,
+    "micro_batch_size": 64,
 }
 
 #: Starting points per model (keys are :func:`~welfare_lens.load_model` names). NOT measured:
@@ -1403,7 +1408,7 @@ RECIPES: dict[str, Recipe] = {
         model="smollm2-135m-instruct",
         summary="Compact prompt, Dr. GRPO + LoRA r32, 8x8 episodes, curriculum 1 -> 5 -> 15 turns.",
         maze={"prompt_format": "compact"},
-        grpo={**_SHARED_GRPO, "lr": 3e-4, "micro_batch_size": 8, "rollout_batch_size": 64},
+        grpo={**_SHARED_GRPO, "lr": 3e-4, "micro_batch_tokens": 4096, "rollout_batch_size": 64},
         curriculum=_CURRICULUM_1_5_15,
         search_grid={"lr": (1e-4, 2e-4, 3e-4, 5e-4), "entropy_beta0": (0.0, 0.01)},
         notes=(
@@ -1420,13 +1425,13 @@ RECIPES: dict[str, Recipe] = {
         model="gemma-3-270m",
         summary="Compact prompt, Dr. GRPO + LoRA r32, 8x8 episodes, curriculum 1 -> 5 -> 15 turns.",
         maze={"prompt_format": "compact"},
-        grpo={**_SHARED_GRPO, "lr": 1e-4, "micro_batch_size": 4, "rollout_batch_size": 64},
+        grpo={**_SHARED_GRPO, "lr": 1e-4, "micro_batch_tokens": 2048, "rollout_batch_size": 64},
         curriculum=_CURRICULUM_1_5_15,
         search_grid={"lr": (5e-5, 1e-4, 2e-4), "entropy_beta0": (0.0, 0.01)},
         notes=(
             "Nothing measured on Gemma-3-270m: the SmolLM2 settings with a lower learning rate "
             "for a model twice the size. Gemma 3's sliding-window attention makes rollouts decode "
-            "one episode per lane (slower); micro_batch_size 4 bounds the update's memory."
+            "one episode per lane (slower); micro_batch_tokens 2048 bounds the update's memory."
         ),
     ),
 }

@@ -722,8 +722,11 @@ class GRPOTrainer:
         else:
             self._no_signal_steps = 0
 
-    def _micro_batches(self, n: int) -> list[slice]:
+    def _micro_batches(self, n: int, width: int | None = None) -> list[slice]:
+        """Row slices of a batch of ``n`` episodes padded to ``width`` tokens."""
         size = self.config.micro_batch_size or n
+        if self.config.micro_batch_tokens is not None and width:
+            size = min(size, max(1, self.config.micro_batch_tokens // width))
         if self._micro_limit is not None:
             size = min(size, self._micro_limit)
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
@@ -775,7 +778,7 @@ class GRPOTrainer:
             try:
                 return self._update_once(batch, adv)
             except RuntimeError as err:  # torch.OutOfMemoryError is one
-                size = self._micro_batches(batch["input_ids"].shape[0])[0].stop
+                size = self._micro_batches(*batch["input_ids"].shape)[0].stop
                 if not is_out_of_memory(err) or self._updated_in_step:
                     raise
                 if size <= 1:
@@ -794,7 +797,7 @@ class GRPOTrainer:
         dev = self._device
         ids = batch["input_ids"].to(dev)
         positions = batch["action_positions"].to(dev)
-        parts = self._micro_batches(ids.shape[0])
+        parts = self._micro_batches(*ids.shape)
         refs = [self._ref_action_logits(ids[s], positions[s]) for s in parts]
         old: list[Tensor | None] | None = None
         if cfg.updates_per_batch > 1:
@@ -847,7 +850,7 @@ class GRPOTrainer:
         sampled = batch["logprobs"].to(dev)
         n_tokens = float(turn_mask.sum())
         beta = self.entropy_coef(self.global_step)
-        parts = self._micro_batches(n)
+        parts = self._micro_batches(n, ids.shape[1])
         if refs is None:
             refs = [self._ref_action_logits(ids[s], positions[s]) for s in parts]
         totals: dict[str, float] = {}
@@ -997,7 +1000,7 @@ class GRPOTrainer:
         loss_sum = 0.0
         correct = 0.0
         p_target = 0.0
-        for s in self._micro_batches(ids.shape[0]):
+        for s in self._micro_batches(*ids.shape):
             prev = positions[s] - 1
             keep = torch.unique(prev.flatten(), sorted=True)
             logits = forward_logits(self.model, ids[s], keep)
