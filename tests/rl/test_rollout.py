@@ -87,6 +87,29 @@ def test_sampling_logprobs_equal_one_full_forward(name: str) -> None:
         assert torch.allclose(chosen.log(), ep.logprobs, atol=1e-6)
 
 
+def test_sliding_window_models_batch_short_episodes_exactly() -> None:
+    """Episodes whose whole cache fits in the window are batched; the numbers do not change."""
+    model = load_model("tiny-gemma3")
+    model.original_model.config.get_text_config().sliding_window = 1024
+    assert sliding_window(model) == 1024
+    short = MazeConfig(size=20, turns=2)
+    stats_batched, stats_single = RolloutStats(), RolloutStats()
+    batched = rollout(model, maze_groups(short, 2, 3, seed=2), seed=6, stats=stats_batched)
+    single = rollout(
+        model, maze_groups(short, 2, 3, seed=2), seed=6, stats=stats_single, batch_size=1
+    )
+    assert stats_batched.forward_calls < stats_single.forward_calls  # one lane, not six
+    for a, b in zip(batched, single, strict=True):
+        assert a.actions == b.actions
+        torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=1e-4)
+    assert max(len(e.input_ids) for e in batched) < 1024
+    # A window the episodes could outgrow keeps one episode per lane.
+    model.original_model.config.get_text_config().sliding_window = 64
+    stats_long = RolloutStats()
+    rollout(model, maze_groups(short, 2, 3, seed=2), seed=6, stats=stats_long)
+    assert stats_long.forward_calls == stats_single.forward_calls
+
+
 def test_batching_does_not_change_the_samples(tiny_llama: Any) -> None:
     runs = [
         rollout(tiny_llama, maze_groups(CFG, 2, 2, seed=3), seed=9, batch_size=b)

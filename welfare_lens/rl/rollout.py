@@ -15,7 +15,9 @@ reconstruction notes A2, A3, Part C item 2). This module plays such episodes wit
   Episodes are decoded in batches ("lanes"); their per-turn chunks have different lengths, so
   each chunk is right-padded and the padding stays in the cache as masked-out *gaps* with
   positions derived from the attention mask. Models with sliding-window attention (Gemma 3) would
-  see a different window across such gaps, so they are decoded one episode per lane.
+  see a different window across such gaps once a cache outgrows the window, so they are decoded
+  one episode per lane unless every episode's cache provably stays inside the window (short
+  episodes: one to a few maze turns), where lanes are exact.
 * **Hooks.** TransformerLens hooks stay active in cached calls: pass ``fwd_hooks`` (or wrap the
   call in ``model.hooks(...)``) to steer the policy during rollouts. A hook sees only the new
   chunk's positions ``[batch, chunk, d_model]``.
@@ -428,7 +430,8 @@ def rollout(
         seed: Seed of the per-episode samplers (:func:`episode_generator`).
         actions: The action strings sampling is restricted to; each must be one token right after
             the generation prompt (:func:`~welfare_lens.chat.action_token_ids`).
-        batch_size: Episodes decoded together (``None``: all). Sliding-window models always use 1.
+        batch_size: Episodes decoded together (``None``: all). Sliding-window models use 1
+            unless their episodes are short enough to stay inside the window (module docstring).
         template: Chat template choice, as in :func:`~welfare_lens.chat.render_chat`.
         fwd_hooks: TransformerLens forward hooks active during every forward call (steering).
         groups: Group index of each environment (default: all 0; :func:`maze_groups` order gives
@@ -485,7 +488,8 @@ def rollout(
         live.append(_Live(i, env, episode_generator(seed, i), fed=[], pending=prompt))
 
     lane_size = len(live) if batch_size is None else batch_size
-    if sliding_window(model) is not None:
+    window = sliding_window(model)
+    if window is not None and not _fits_window(live, window):
         lane_size = 1
     lane_size = max(1, lane_size)
     run_stats = stats if stats is not None else RolloutStats()
@@ -510,6 +514,7 @@ def rollout(
                     else [int(groups[state.index]) for state in lane]
                     if share_prefill
                     else list(range(len(lane))),
+                    window=window,
                 )
     finally:
         if was_training:
@@ -520,6 +525,25 @@ def rollout(
         _to_episode(state, actions, None if groups is None else int(groups[state.index]))
         for state in live
     ]
+
+
+def _fits_window(live: Sequence[_Live], window: int) -> bool:
+    """Whether every episode's whole KV cache, padding gaps included, stays inside ``window``.
+
+    Gaps only change what a sliding window sees once a cache is longer than the window; below
+    it every cached token is attended, as without a window, so lanes are exact. An episode's
+    length is bounded by ``turns_left`` turns of at most twice its first prompt (each later turn
+    is an action, end-of-turn markup and one user message, shorter than the first prompt); an
+    environment that does not say how many turns it has keeps one episode per lane.
+    """
+    longest = 0
+    for state in live:
+        turns = getattr(state.env, "turns_left", None)
+        if not isinstance(turns, int) or turns < 1:
+            return False
+        longest = max(longest, 2 * turns * (len(state.pending) + 4))
+    # Every row of a lane carries the lane's widest chunk each turn; 2x covers that padding.
+    return 2 * longest <= window
 
 
 def _play_lane(
@@ -533,8 +557,13 @@ def _play_lane(
     device: torch.device,
     stats: RolloutStats,
     lane_groups: list[int],
+    window: int | None = None,
 ) -> None:
-    """Decode one batch of episodes turn by turn on one KV cache."""
+    """Decode one batch of episodes turn by turn on one KV cache.
+
+    ``window``: the sliding window of a model whose lane was judged to fit in it
+    (:func:`_fits_window`); the cache is checked against it every turn.
+    """
     tokenizer = model.tokenizer
     past, mask = _shared_prefill(model, lane, lane_groups, pad_id, device, stats)
     turn = 0
@@ -551,6 +580,13 @@ def _play_lane(
                 chunk_mask[row, :n] = 1
             last[row] = max(n - 1, 0)
         mask = torch.cat([mask, chunk_mask.to(device)], dim=1)
+        if window is not None and len(lane) > 1 and mask.shape[1] > window:
+            raise TrainingError(
+                f"A batched rollout's KV cache grew to {mask.shape[1]} positions, past the "
+                f"model's sliding window of {window}: the window would differ from unbatched "
+                "decoding.",
+                hint="This is a bug in the length bound; pass batch_size=1 meanwhile.",
+            )
         keep, slot = torch.unique(last, sorted=True, return_inverse=True)
         logits, past = forward_logits(
             model,
