@@ -85,6 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-mazes", type=int, default=200, help="held-out mazes per point")
     parser.add_argument("--eval-every", type=int, default=None, help="checkpoint interval")
     parser.add_argument("--live-eval", action="store_true", help="evaluate while training")
+    parser.add_argument(
+        "--eval-last-only",
+        action="store_true",
+        help="evaluate step 0 and the last checkpoint only (checkpoints stay for other analyses)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -141,9 +146,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not run.completed:
         print(f"Stopped by the budget at step {run.global_step} of {run.total_steps}; run the "
               "same command again to continue.", flush=True)  # fmt: skip
+    last_step = run.global_step
     del model, run  # the curve loads each checkpoint into a fresh copy of the base
 
-    curve = learning_curve(out, args.model, maze_cfg, n_mazes=args.eval_mazes, progress=True)
+    steps = [0, last_step] if args.eval_last_only else None
+    curve = learning_curve(
+        out, args.model, maze_cfg, steps=steps, n_mazes=args.eval_mazes, progress=True
+    )
     print(curve.table())
     first, last = curve.points[0], curve.points[-1]
     print()
