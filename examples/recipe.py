@@ -76,6 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stages", default=None, help="curriculum as turns:steps, e.g. 1:40,15:80")
     parser.add_argument("--sft-steps", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--entropy-beta0", type=float, default=None, help="entropy bonus")
     parser.add_argument("--mazes-per-step", type=int, default=None)
     parser.add_argument("--episodes-per-maze", type=int, default=None)
     parser.add_argument("--micro-batch-size", type=int, default=None)
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         key: value
         for key, value in (
             ("lr", args.lr),
+            ("entropy_beta0", args.entropy_beta0),
             ("mazes_per_step", args.mazes_per_step),
             ("episodes_per_maze", args.episodes_per_maze),
             ("micro_batch_size", args.micro_batch_size),

@@ -1417,7 +1417,9 @@ RECIPES: dict[str, Recipe] = {
             "0.004 in 120 steps; the paper prompt did not move at 2e-4 in 80 steps, and lr 1e-3 "
             "without the entropy bonus collapsed onto one direction. Stage 1 is that proxy; the "
             "5- and 15-turn stages are untested. lr 3e-4 is the one value seen to learn; the grid "
-            "spans 1e-4..5e-4."
+            "spans 1e-4..5e-4. Measured (README): 100 one-turn + 7 five-turn steps took held-out "
+            "15-turn P(Gold | in view) 0.24 -> 0.82 but left P(Mold) at 0.51: Mold avoidance "
+            "does not transfer from one-turn training."
         ),
     ),
     "gemma-3-270m": Recipe(
@@ -1429,7 +1431,9 @@ RECIPES: dict[str, Recipe] = {
         curriculum=_CURRICULUM_1_5_15,
         search_grid={"lr": (5e-5, 1e-4, 2e-4), "entropy_beta0": (0.0, 0.01)},
         notes=(
-            "Nothing measured on Gemma-3-270m: the SmolLM2 settings with a lower learning rate "
+            "Measured: at lr 2e-4 (entropy 0.01) the one-turn policy collapsed onto one direction "
+            "within 12 steps (entropy 0.87 -> 0.05), so keep lr <= 1e-4. "
+            "The SmolLM2 settings with a lower learning rate "
             "for a model twice the size. Gemma 3's sliding-window attention makes rollouts decode "
             "one episode per lane (slower); micro_batch_tokens 2048 bounds the update's memory."
         ),
