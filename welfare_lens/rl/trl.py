@@ -155,6 +155,14 @@ UNMAPPED_FIELDS: dict[str, str] = {
         "compact trainer."
     ),
     "loss='sft'": "The SFT control: use trl.SFTTrainer on OptimalPolicy trajectories instead.",
+    "share_update_prefix": (
+        "A compute saving of the compact trainer's update (a group's shared first-prompt KV "
+        "cache); TRL encodes every completion's prompt itself. The gradient is the same."
+    ),
+    "micro_batch_tokens": (
+        "A token cap on the compact trainer's micro-batches; TRL's per_device_train_batch_size "
+        "(from micro_batch_size) is a row count."
+    ),
     "sft_batch_size": "SFT control only (see loss='sft').",
     "sft_horizon": "SFT control only (see loss='sft').",
     "log_ratio_clamp": (
