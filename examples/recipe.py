@@ -50,6 +50,8 @@ def comparison(before: PolicySnapshot, after: PolicySnapshot, step: int) -> str:
         ("P(Mold)", before.p_mold, before.p_mold_se, after.p_mold, after.p_mold_se, ".3f"),
         ("P(Mold | Mold in view)", before.p_mold_given_available, None,
          after.p_mold_given_available, None, ".3f"),
+        ("P(Mold | avoidable)", before.p_mold_avoidable, before.p_mold_avoidable_se,
+         after.p_mold_avoidable, after.p_mold_avoidable_se, ".3f"),
         ("return", before.return_mean, before.return_se, after.return_mean, after.return_se,
          "+.2f"),
         ("Gold per episode", before.gold_per_episode, None, after.gold_per_episode, None, ".2f"),
@@ -159,7 +161,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     first, last = curve.points[0], curve.points[-1]
     print()
     print(comparison(first.snapshot, last.snapshot, last.step))
-    curve.figure().write_html(out / "learning_curve.html", include_plotlyjs="cdn")
+    # The same held-out mazes played by reference policies: the floors and ceilings of the
+    # numbers above (Mold on all four sides cannot be avoided, so P(Mold) never reaches 0).
+    references = {
+        name: wl.rl.reference_snapshot(policy, maze_cfg, n_mazes=args.eval_mazes)
+        for name, policy in (
+            ("MoldAvoider", wl.maze.MoldAvoider()),
+            ("OptimalPolicy", wl.maze.OptimalPolicy()),
+        )
+    }
+    print("\nreference policies on the same held-out mazes:")
+    for name, ref in references.items():
+        print(
+            f"  {name:<14} P(Gold | in view) {_pm(ref.p_gold_given_available, None)}  "
+            f"P(Mold) {_pm(ref.p_mold, None)}  P(Mold | avoidable) "
+            f"{_pm(ref.p_mold_avoidable, None)}  return {_pm(ref.return_mean, ref.return_se, '+.2f')}"
+        )
+    curve.figure().write_html(out / "learning_curve.html", include_plotlyjs=True)
     report = {
         "recipe": recipe.to_dict(),
         "maze": maze_cfg.to_dict(),
@@ -167,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "untrained": first.snapshot.to_dict(),
         "trained": last.snapshot.to_dict(),
         "trained_step": last.step,
+        "references": {name: ref.to_dict() for name, ref in references.items()},
     }
     (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     print(f"\nwrote {out / 'report.json'} and {out / 'learning_curve.html'}")

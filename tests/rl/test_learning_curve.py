@@ -15,7 +15,7 @@ import torch
 
 from welfare_lens.chat import action_token_ids, render_chat
 from welfare_lens.errors import DataError, ShapeError, TrainingError
-from welfare_lens.maze import MazeConfig
+from welfare_lens.maze import MazeConfig, MazeEnv, MoldAvoider, OptimalPolicy, RandomPolicy
 from welfare_lens.models import load_model
 from welfare_lens.rl import episode_metrics, maze_groups, rollout
 from welfare_lens.rl.checkpoint import load_checkpoint
@@ -25,6 +25,7 @@ from welfare_lens.rl.learning_curve import (
     PolicySnapshot,
     learning_curve,
     policy_snapshot,
+    reference_snapshot,
     snapshot_from_episodes,
 )
 from welfare_lens.rl.rollout import Episode
@@ -137,6 +138,74 @@ def test_snapshot_round_trips_through_json() -> None:
     assert back.to_dict() == snap.to_dict()
     text = repr(snap)
     assert "P(Gold|avail)=0.333" in text and "P(Mold)=0.400" in text and "(N)" in text
+
+
+def test_mold_share_among_avoidable_moves_leaves_out_moves_boxed_in_by_mold() -> None:
+    quarter = [0.25] * 4
+    boxed = episode(
+        chosen=[0, 1, 3],  # N onto Mold (all four are Mold), E onto Path, W onto Mold
+        neighbours=[[M, M, M, M], [M, P, P, P], [P, G, P, M]],
+        probs=[quarter] * 3,
+        rewards=[-10.1, -0.1, -10.1],
+        gold=[0, 0, 0],
+        mold=[1, 0, 1],
+    )
+    snap = snapshot_from_episodes([boxed])
+    assert snap.p_mold == pytest.approx(2 / 3)
+    # Two decisions had a way off Mold; one of them went onto Mold anyway.
+    assert snap.n_mold_avoidable == 2
+    assert snap.p_mold_avoidable == pytest.approx(1 / 2)
+    assert snap.p_mold_avoidable_se == pytest.approx(math.sqrt(0.25 / 2))
+    # Unknown tiles count as neither avoidable nor not.
+    assert snapshot_from_episodes(scripted()).n_mold_avoidable == 5
+    assert "avoidable 0.500" in repr(snap)
+
+
+def test_snapshot_cached_before_the_avoidable_share_still_loads() -> None:
+    data = snapshot_from_episodes(scripted()).to_dict()
+    for key in ("n_mold_avoidable", "p_mold_avoidable", "p_mold_avoidable_se"):
+        del data[key]
+    old = PolicySnapshot.from_dict(data)
+    assert old.p_mold_avoidable is None and old.p_mold == pytest.approx(0.4)
+
+
+def test_reference_policies_give_floors_and_chance_on_the_held_out_mazes() -> None:
+    cfg = MazeConfig(size=30, turns=6)
+    avoider = reference_snapshot(MoldAvoider(), cfg, n_mazes=40)
+    # It steps onto Gold whenever Gold is in view and never onto Mold it could avoid; what is
+    # left of P(Mold) is the maze's floor.
+    assert avoider.p_gold_given_available == 1.0
+    assert avoider.p_mold_avoidable == 0.0
+    assert avoider.n_decisions == 40 * 6 and avoider.settings["policy"] == "MoldAvoider()"
+    assert avoider.p_gold_mass == 1.0  # one-hot: the realised choice
+    random = reference_snapshot(RandomPolicy(), cfg, n_mazes=40)
+    assert random.p_mold is not None and random.chance_mold is not None
+    assert abs(random.p_mold - random.chance_mold) < 4 * (random.p_mold_se or 0.0)
+    assert random.p_mold > 3 * max(avoider.p_mold or 0.0, 0.01)
+    planner = reference_snapshot(OptimalPolicy(horizon=4), cfg, n_mazes=40)
+    assert planner.return_mean > avoider.return_mean > random.return_mean
+
+
+def test_reference_snapshot_plays_the_mazes_policy_snapshot_plays() -> None:
+    seen: list[int] = []
+
+    def record(env: MazeEnv, rng: np.random.Generator) -> str:
+        if env.turn == 0:
+            seen.append(env.maze.seed)
+        return "N"
+
+    reference_snapshot(record, MAZE, n_mazes=3, seed=HELD_OUT_SEED)
+    assert seen == [env.maze.seed for env in maze_groups(MAZE, 3, 1, HELD_OUT_SEED)]
+
+    def talks(env: MazeEnv, rng: np.random.Generator) -> str:
+        return "I would rather not"
+
+    with pytest.raises(DataError, match="not one of"):
+        reference_snapshot(talks, MAZE, n_mazes=1)
+    with pytest.raises(DataError, match="n_mazes"):
+        reference_snapshot(MoldAvoider(), MAZE, n_mazes=0)
+    with pytest.raises(DataError, match="MazeConfig"):
+        reference_snapshot(MoldAvoider(), {"turns": 2}, n_mazes=1)  # type: ignore[arg-type]
 
 
 def test_snapshot_rejects_bad_input() -> None:
@@ -308,7 +377,13 @@ def test_figure_draws_rates_return_band_and_stacked_shares(run_dir: Path, tiny_l
     curve = learning_curve(run_dir, tiny_llama, MAZE, n_mazes=3)
     fig = curve.figure()
     names = [t.name for t in fig.data]
-    assert {"P(Gold | Gold in view)", "P(Mold)", "return", "return ± SE"} <= set(names)
+    assert {
+        "P(Gold | Gold in view)",
+        "P(Mold)",
+        "P(Mold | avoidable)",
+        "return",
+        "return ± SE",
+    } <= set(names)
     shares = [t for t in fig.data if t.name and t.name.startswith("share ")]
     assert [t.name for t in shares] == ["share N", "share E", "share S", "share W"]
     assert all(t.stackgroup == "directions" for t in shares)

@@ -4,7 +4,8 @@
 * :func:`generate_maze` -- a seeded 100x100 maze with a Mold ring (J.1).
 * :class:`MazeEnv` -- a 15-turn episode with wind, melting and the paper's user turns (K).
 * :func:`synthetic_trajectories` -- the off-policy extraction set (L.1).
-* :class:`OptimalPolicy`, :class:`RandomPolicy`, :func:`evaluate_policy` -- reference scores.
+* :class:`OptimalPolicy`, :class:`RandomPolicy`, :class:`MoldAvoider`, :func:`evaluate_policy` --
+  reference scores.
 * :func:`render_window`, :func:`plot_maze` -- pictures for people.
 
 Example:
@@ -43,6 +44,7 @@ from welfare_lens.maze.generate import (
     nearest_path_bfs,
 )
 from welfare_lens.maze.policies import (
+    MoldAvoider,
     OptimalPolicy,
     Policy,
     RandomPolicy,
@@ -82,6 +84,7 @@ __all__ = [
     "Maze",
     "MazeConfig",
     "MazeEnv",
+    "MoldAvoider",
     "OptimalPolicy",
     "Policy",
     "Position",

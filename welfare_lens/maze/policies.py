@@ -14,6 +14,9 @@ points every maze result should be read against:
   uniformly at random, so SFT data built from it carries no direction bias (the paper's
   "north bias", J.3).
 * :class:`RandomPolicy` -- uniform over N/E/S/W (the untrained baseline).
+* :class:`MoldAvoider` -- one step of look-ahead: Gold in view if any, else a tile that is not
+  Mold, else anything. It never steps onto avoidable Mold, so its share of moves onto Mold is
+  the floor of that share on a maze set (Mold on all four sides cannot be avoided).
 
 :func:`evaluate_policy` plays ``n_episodes`` fresh mazes with paired seeds, so two policies
 evaluated with the same seed face the same mazes and the same wind.
@@ -35,6 +38,7 @@ from welfare_lens.maze.trajectories import Trajectory
 
 __all__ = [
     "POLICY_STREAM",
+    "MoldAvoider",
     "OptimalPolicy",
     "Policy",
     "RandomPolicy",
@@ -71,6 +75,21 @@ class RandomPolicy:
 
     def __repr__(self) -> str:
         return "RandomPolicy()"
+
+
+class MoldAvoider:
+    """Gold in view if any, else a neighbour that is not Mold, else any (ties uniform)."""
+
+    def __call__(self, env: MazeEnv, rng: np.random.Generator) -> str:
+        """The move: onto Gold, else off Mold, uniformly among the equally good ones."""
+        tiles = env.neighbours()
+        gold = [i for i, t in enumerate(tiles) if t == Tile.GOLD]
+        safe = [i for i, t in enumerate(tiles) if t != Tile.MOLD]
+        best = gold or safe or list(range(len(tiles)))
+        return DIRECTIONS[best[int(rng.integers(len(best)))]]
+
+    def __repr__(self) -> str:
+        return "MoldAvoider()"
 
 
 def plan_values(

@@ -16,6 +16,7 @@ from welfare_lens.rl.learning_curve import (
     PolicySnapshot,
     learning_curve,
     policy_snapshot,
+    reference_snapshot,
     snapshot_from_episodes,
 )
 from welfare_lens.rl.losses import (
@@ -124,6 +125,7 @@ __all__ = [
     "policy_loss",
     "policy_snapshot",
     "read_state",
+    "reference_snapshot",
     "reinforce_advantages",
     "restricted_logprobs",
     "returns_to_go",

@@ -11,7 +11,10 @@ trained, not of free generation:
 
   - ``P(Gold | Gold available)``: among decisions with a Gold neighbour in view, the share of
     moves onto Gold (the paper's "Gold-seeking"; chance is ``#Gold neighbours / 4``);
-  - ``P(Mold)``: the share of all moves onto Mold, and ``P(Mold | Mold available)``;
+  - ``P(Mold)``: the share of all moves onto Mold, ``P(Mold | Mold available)``, and
+    ``P(Mold | avoidable)``, the share among moves where some neighbour was not Mold (a policy
+    boxed in by Mold on all four sides cannot avoid it, so ``P(Mold)`` has a floor above 0
+    that depends on the maze, not on the policy);
   - the mean policy mass on those tiles (lower variance than the sampled shares, and what
     :func:`~welfare_lens.rl.trainer.episode_metrics` logs as ``p_gold``/``p_mold`` per step);
   - the mean episode return with its standard error, Gold/Mold tiles per episode;
@@ -21,6 +24,9 @@ trained, not of free generation:
 
   A move's tile is the one shown in that turn's prompt for the chosen direction, i.e. the
   policy's choice, before any wind push (the environment's outcome is in the return).
+* :func:`reference_snapshot` plays a non-model policy (:class:`~welfare_lens.maze.RandomPolicy`,
+  :class:`~welfare_lens.maze.OptimalPolicy`, :class:`~welfare_lens.maze.MoldAvoider`) on the
+  same held-out mazes, which gives every number above its floor or ceiling on those mazes.
 * :func:`learning_curve` takes a snapshot of the untrained model (step 0) and of every
   checkpoint of a run, on the same mazes, winds and sampling seeds (paired comparison), caching
   each in a JSON file so that a rerun is instant and a killed evaluation resumes.
@@ -48,6 +54,7 @@ from torch import Tensor
 from welfare_lens.chat import ACTIONS, TemplateChoice
 from welfare_lens.errors import DataError, ShapeError, TrainingError
 from welfare_lens.maze.config import MazeConfig, Tile
+from welfare_lens.maze.policies import POLICY_STREAM, Policy
 from welfare_lens.models import model_info
 from welfare_lens.rl.rollout import UNKNOWN_TILE, Episode, HookList, maze_groups, rollout
 
@@ -63,6 +70,7 @@ __all__ = [
     "curve_settings",
     "learning_curve",
     "policy_snapshot",
+    "reference_snapshot",
     "snapshot_from_episodes",
 ]
 
@@ -132,6 +140,10 @@ class PolicySnapshot:
         mold_per_episode: Mold tiles entered per episode (wind and bounces included).
         direction_counts: Moves per action, in action order.
         settings: How the snapshot was taken (seed, temperature, maze, model, ...).
+        n_mold_avoidable: Known moves with at least one neighbour that is not Mold.
+        p_mold_avoidable: ``P(Mold | avoidable)``: moves onto Mold among those moves. Unlike
+            ``p_mold`` it can reach 0 (``None`` in snapshots cached before it existed).
+        p_mold_avoidable_se: Binomial SE of ``p_mold_avoidable``.
     """
 
     n_episodes: int
@@ -157,6 +169,9 @@ class PolicySnapshot:
     mold_per_episode: float
     direction_counts: dict[str, int]
     settings: dict[str, Any] = field(default_factory=dict)
+    n_mold_avoidable: int | None = None
+    p_mold_avoidable: float | None = None
+    p_mold_avoidable_se: float | None = None
 
     @property
     def direction_shares(self) -> dict[str, float]:
@@ -204,6 +219,9 @@ class PolicySnapshot:
             "max_direction_share": self.max_direction_share,
             "dominant_direction": self.dominant_direction,
             "settings": dict(self.settings),
+            "n_mold_avoidable": self.n_mold_avoidable,
+            "p_mold_avoidable": self.p_mold_avoidable,
+            "p_mold_avoidable_se": self.p_mold_avoidable_se,
         }
 
     @classmethod
@@ -214,14 +232,15 @@ class PolicySnapshot:
             DataError: if a field is missing.
         """
         derived = {"direction_shares", "max_direction_share", "dominant_direction"}
+        optional = {"n_mold_avoidable", "p_mold_avoidable", "p_mold_avoidable_se"}
         names = [f for f in cls.__dataclass_fields__ if f != "settings"]
-        missing = [n for n in names if n not in data]
+        missing = [n for n in names if n not in data and n not in optional]
         if missing:
             raise DataError(
                 f"The snapshot record lacks {missing[:3]}.",
                 hint="Pass a dict written by PolicySnapshot.to_dict(); delete a stale cache file.",
             )
-        kwargs = {n: data[n] for n in names if n not in derived}
+        kwargs = {n: data[n] for n in names if n not in derived and n in data}
         kwargs["return_mean"] = _nan_if_none(data["return_mean"])
         kwargs["return_se"] = _nan_if_none(data["return_se"])
         kwargs["direction_counts"] = {str(k): int(v) for k, v in data["direction_counts"].items()}
@@ -232,7 +251,7 @@ class PolicySnapshot:
             f"PolicySnapshot({self.n_episodes} episodes on {self.n_mazes} mazes: "
             f"P(Gold|avail)={_fmt(self.p_gold_given_available)} "
             f"(chance {_fmt(self.chance_gold)}), P(Mold)={_fmt(self.p_mold)} "
-            f"(chance {_fmt(self.chance_mold)}), return {_fmt(self.return_mean, '+.2f')} ± "
+            f"(chance {_fmt(self.chance_mold)}; avoidable {_fmt(self.p_mold_avoidable)}), return {_fmt(self.return_mean, '+.2f')} ± "
             f"{_fmt(self.return_se, '.2f')} SE, max direction share "
             f"{self.max_direction_share:.2f} ({self.dominant_direction}))"
         )
@@ -307,24 +326,54 @@ def snapshot_from_episodes(
     chosen: Int[Tensor, " n"] = torch.cat([e.action_index for e in episodes]).long()
     tiles: Int[Tensor, "n k"] = torch.cat([e.neighbours for e in episodes]).long().reshape(-1, k)
     probs: Float[Tensor, "n k"] = torch.cat([e.action_probs for e in episodes]).double()
-    probs = probs.reshape(-1, k)
+    return _summarise(
+        chosen,
+        tiles,
+        probs.reshape(-1, k),
+        returns=np.array([e.total_reward for e in episodes], dtype=np.float64),
+        gold_per_episode=float(np.mean([e.n_gold for e in episodes])),
+        mold_per_episode=float(np.mean([e.n_mold for e in episodes])),
+        episodes_per_maze=episodes_per_maze,
+        actions=actions,
+        settings=settings,
+    )
+
+
+def _summarise(
+    chosen: Int[Tensor, " n"],
+    tiles: Int[Tensor, "n k"],
+    probs: Float[Tensor, "n k"],
+    *,
+    returns: np.ndarray,
+    gold_per_episode: float,
+    mold_per_episode: float,
+    episodes_per_maze: int,
+    actions: Sequence[str],
+    settings: Mapping[str, Any] | None,
+) -> PolicySnapshot:
+    """The snapshot's statistics from every decision's choice, neighbour tiles and policy."""
+    k = len(actions)
     chosen_tile = tiles.gather(1, chosen.unsqueeze(1)).squeeze(1)
     known = (tiles != UNKNOWN_TILE).all(dim=1)
     gold_here = tiles == int(Tile.GOLD)
     mold_here = tiles == int(Tile.MOLD)
     gold_avail = gold_here.any(dim=1)
     mold_avail = mold_here.any(dim=1)
+    # Surrounded by Mold on every side, any move lands on Mold: those decisions say nothing
+    # about whether the policy avoids it.
+    avoidable = known & ~mold_here.all(dim=1)
+    onto_mold = chosen_tile == int(Tile.MOLD)
     gold_moves = int((chosen_tile == int(Tile.GOLD)).sum())
-    mold_moves = int((chosen_tile == int(Tile.MOLD)).sum())
+    mold_moves = int(onto_mold.sum())
     n_known = int(known.sum())
     p_gold, p_gold_se = _share(gold_moves, int(gold_avail.sum()))
     p_mold, p_mold_se = _share(mold_moves, n_known)
     p_mold_avail, _ = _share(mold_moves, int(mold_avail.sum()))
-    returns = np.array([e.total_reward for e in episodes], dtype=np.float64)
+    p_avoidable, p_avoidable_se = _share(int((onto_mold & avoidable).sum()), int(avoidable.sum()))
     counts = torch.bincount(chosen, minlength=k).tolist()
     return PolicySnapshot(
-        n_episodes=len(episodes),
-        n_mazes=len(episodes) // episodes_per_maze,
+        n_episodes=int(returns.size),
+        n_mazes=int(returns.size) // episodes_per_maze,
         n_decisions=int(chosen.numel()),
         n_known=n_known,
         n_gold_available=int(gold_avail.sum()),
@@ -342,16 +391,35 @@ def snapshot_from_episodes(
         chance_mold=_masked_mean(mold_here.sum(dim=1).double() / k, known),
         return_mean=float(returns.mean()),
         return_se=_return_se(returns, episodes_per_maze),
-        gold_per_episode=float(np.mean([e.n_gold for e in episodes])),
-        mold_per_episode=float(np.mean([e.n_mold for e in episodes])),
+        gold_per_episode=gold_per_episode,
+        mold_per_episode=mold_per_episode,
         direction_counts={a: int(c) for a, c in zip(actions, counts, strict=True)},
         settings=dict(settings or {}),
+        n_mold_avoidable=int(avoidable.sum()),
+        p_mold_avoidable=p_avoidable,
+        p_mold_avoidable_se=p_avoidable_se,
     )
 
 
 def _check_count(name: str, value: Any, hint: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise DataError(f"{name} must be a positive integer, got {value!r}.", hint=hint)
+
+
+def _check_held_out(maze_cfg: Any, n_mazes: Any, episodes_per_maze: Any, seed: Any) -> None:
+    """Validate the arguments that choose the held-out episodes."""
+    if not isinstance(maze_cfg, MazeConfig):
+        raise DataError(
+            f"maze_cfg must be a MazeConfig, got {type(maze_cfg).__name__}.",
+            hint="Pass wl.maze.MazeConfig(...), e.g. the run's final stage.",
+        )
+    _check_count("n_mazes", n_mazes, "E.g. 200 held-out mazes.")
+    _check_count("episodes_per_maze", episodes_per_maze, "E.g. 1.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DataError(
+            f"seed must be an integer >= 0, got {seed!r}.",
+            hint=f"Keep the default HELD_OUT_SEED = {HELD_OUT_SEED}.",
+        )
 
 
 def policy_snapshot(
@@ -400,18 +468,7 @@ def policy_snapshot(
         >>> policy_snapshot(model, MazeConfig(size=20, turns=5), n_mazes=20)  # doctest: +SKIP
         PolicySnapshot(20 episodes on 20 mazes: P(Gold|avail)=0.231 (chance 0.262), ...)
     """
-    if not isinstance(maze_cfg, MazeConfig):
-        raise DataError(
-            f"maze_cfg must be a MazeConfig, got {type(maze_cfg).__name__}.",
-            hint="Pass wl.maze.MazeConfig(...), e.g. the run's final stage.",
-        )
-    _check_count("n_mazes", n_mazes, "E.g. 200 held-out mazes.")
-    _check_count("episodes_per_maze", episodes_per_maze, "E.g. 1.")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise DataError(
-            f"seed must be an integer >= 0, got {seed!r}.",
-            hint=f"Keep the default HELD_OUT_SEED = {HELD_OUT_SEED}.",
-        )
+    _check_held_out(maze_cfg, n_mazes, episodes_per_maze, seed)
     if not isinstance(greedy, bool):
         raise DataError(f"greedy must be True or False, got {greedy!r}.", hint="E.g. False.")
     temp = GREEDY_TEMPERATURE if greedy else temperature
@@ -441,6 +498,83 @@ def policy_snapshot(
     }
     return snapshot_from_episodes(
         episodes, episodes_per_maze=episodes_per_maze, actions=actions, settings=settings
+    )
+
+
+def reference_snapshot(
+    policy: Policy,
+    maze_cfg: MazeConfig,
+    *,
+    n_mazes: int = 200,
+    seed: int = HELD_OUT_SEED,
+    episodes_per_maze: int = 1,
+) -> PolicySnapshot:
+    """Play a non-model policy on :func:`policy_snapshot`'s held-out mazes and summarise it.
+
+    The mazes and winds are those :func:`policy_snapshot` plays with the same ``seed``, so the
+    numbers are the floors and ceilings of a model's numbers on the same episodes: a
+    :class:`~welfare_lens.maze.RandomPolicy` gives chance, an
+    :class:`~welfare_lens.maze.OptimalPolicy` the planner's return, and a
+    :class:`~welfare_lens.maze.MoldAvoider` the lowest ``P(Mold)`` any policy that never steps
+    onto avoidable Mold reaches (about 0.08 on the paper's 15-turn mazes: Mold boxes it in).
+    A reference policy's distribution is not known, so the "mass" fields are those of its
+    realised choices (one-hot).
+
+    Args:
+        policy: ``policy(env, rng) -> "N" | "E" | "S" | "W"`` (a :class:`~welfare_lens.maze.Policy`).
+        maze_cfg: Maze settings (the run's final task, e.g. 15 turns).
+        n_mazes: Held-out mazes.
+        seed: Seed of the held-out mazes (:data:`HELD_OUT_SEED`).
+        episodes_per_maze: Episodes per maze.
+
+    Returns:
+        The :class:`PolicySnapshot` (``settings["policy"]`` names the policy).
+
+    Raises:
+        DataError: on a bad count or seed, or a reply that is not a direction.
+    """
+    _check_held_out(maze_cfg, n_mazes, episodes_per_maze, seed)
+    started = time.perf_counter()
+    chosen: list[int] = []
+    tiles: list[list[int]] = []
+    returns: list[float] = []
+    gold = mold = 0
+    for i, env in enumerate(maze_groups(maze_cfg, n_mazes, episodes_per_maze, seed)):
+        rng = np.random.default_rng([seed, i, POLICY_STREAM])
+        while not env.done:
+            step = env.step(policy(env, rng))
+            if step.action is None:
+                raise DataError(
+                    f"{policy!r} replied {step.reply!r}, not one of {list(ACTIONS)}.",
+                    hint="A reference policy must return a direction letter.",
+                )
+            chosen.append(ACTIONS.index(step.action))
+            tiles.append([int(t) for t in step.neighbours])
+            gold += step.gold_consumed
+            mold += step.mold_entered
+        returns.append(env.total_reward)
+    picks = torch.tensor(chosen, dtype=torch.long)
+    n = len(returns)
+    settings = {
+        "policy": repr(policy),
+        "seed": seed,
+        "n_mazes": n_mazes,
+        "episodes_per_maze": episodes_per_maze,
+        "turns": maze_cfg.turns,
+        "size": maze_cfg.size,
+        "prompt_format": maze_cfg.prompt_format,
+        "seconds": time.perf_counter() - started,
+    }
+    return _summarise(
+        picks,
+        torch.tensor(tiles, dtype=torch.long).reshape(-1, len(ACTIONS)),
+        torch.nn.functional.one_hot(picks, len(ACTIONS)).double(),
+        returns=np.array(returns, dtype=np.float64),
+        gold_per_episode=gold / n,
+        mold_per_episode=mold / n,
+        episodes_per_maze=episodes_per_maze,
+        actions=ACTIONS,
+        settings=settings,
     )
 
 
@@ -477,6 +611,7 @@ class CurvePoint:
             "chance_gold": s.chance_gold,
             "p_mold": s.p_mold,
             "p_mold_given_available": s.p_mold_given_available,
+            "p_mold_avoidable": s.p_mold_avoidable,
             "p_mold_mass": s.p_mold_mass,
             "chance_mold": s.chance_mold,
             "return_mean": _none_if_nan(s.return_mean),
@@ -534,6 +669,7 @@ class LearningCurve:
         """A plain-text table of the curve."""
         head = (
             f"{'step':>6} {'phase':<10} {'P(Gold|av)':>10} {'P(Mold)':>8} {'P(Mold|av)':>10} "
+            f"{'P(Mold|avoidable)':>17} "
             f"{'return':>9} {'± SE':>6} {'max dir':>8}"
         )
         lines = [head]
@@ -542,6 +678,7 @@ class LearningCurve:
             lines.append(
                 f"{p.step:>6} {(p.phase or '-'):<10} {_fmt(s.p_gold_given_available):>10} "
                 f"{_fmt(s.p_mold):>8} {_fmt(s.p_mold_given_available):>10} "
+                f"{_fmt(s.p_mold_avoidable):>17} "
                 f"{_fmt(s.return_mean, '+.2f'):>9} {_fmt(s.return_se, '.2f'):>6} "
                 f"{s.max_direction_share:>7.2f}{s.dominant_direction}"
             )
@@ -599,6 +736,7 @@ class LearningCurve:
             ("p_gold_given_available", "P(Gold | Gold in view)", COLOURS["gold"], "solid"),
             ("chance_gold", "chance: P(Gold | in view)", COLOURS["gold"], DASHES["control"]),
             ("p_mold", "P(Mold)", COLOURS["mold"], "solid"),
+            ("p_mold_avoidable", "P(Mold | avoidable)", COLOURS["mold"], "dash"),
             ("chance_mold", "chance: P(Mold)", COLOURS["mold"], DASHES["control"]),
         )
         for key, name, c, dash in lines:
@@ -606,9 +744,13 @@ class LearningCurve:
                 go.Scatter(
                     x=x,
                     y=col(key),
-                    mode="lines+markers" if dash == "solid" else "lines",
+                    mode="lines+markers" if dash != DASHES["control"] else "lines",
                     name=name,
-                    line={"color": c, "dash": dash, "width": 2 if dash == "solid" else 1.2},
+                    line={
+                        "color": c,
+                        "dash": dash,
+                        "width": 2 if dash != DASHES["control"] else 1.2,
+                    },
                     hovertext=[
                         f"step {s}<br>{name} = {_fmt(v)}" for s, v in zip(x, col(key), strict=True)
                     ],
