@@ -13,9 +13,15 @@ script samples ``--per-class`` trajectories per class (shared prefixes), capture
   samples, mazes and encoded tokens per sample,
 - ``designs.md`` (the side-by-side table), ``designs.html`` and ``designs.png`` (the figure).
 
+With ``--checkpoint RUN`` the trained model's v is extracted too, from the same trajectories
+under both designs, so the table has four columns: v and the naive control u, each under the
+paper's design and under minimal pairs (``--prompt-format`` must be the run's).
+
     .venv/bin/python examples/design_comparison.py --model smollm2-135m-instruct --per-class 500
     .venv/bin/python examples/design_comparison.py --model gemma-3-270m --per-class 300 \\
         --paper-stats runs/extract_scale/per_class_500/stats   # reuse a paper-design capture
+    .venv/bin/python examples/design_comparison.py --checkpoint runs/smollm2_recipe \\
+        --prompt-format compact --per-class 300              # trained v beside naive u
 """
 
 from __future__ import annotations
@@ -44,10 +50,16 @@ CURVE_KEYS = ("per_layer", "ci_low", "ci_high", "noise_floor")
 
 
 def extract(
-    model: Any, design: str, per_class: int, out: Path, reuse: Path | None
+    model: Any,
+    design: str,
+    per_class: int,
+    out: Path,
+    reuse: Path | None,
+    maze_cfg: wl.maze.MazeConfig | None = None,
+    prefix: str = "",
 ) -> tuple[wl.ClassStatistics, dict[str, Any]]:
     """Statistics of one design: loaded from ``reuse`` or ``out`` if there, else captured."""
-    target = out / f"{design}_stats"
+    target = out / f"{prefix}{design}_stats"
     info: dict[str, Any] = {}
     for path in (reuse, target):
         if path is not None and Path(f"{path}.safetensors").exists():
@@ -55,11 +67,13 @@ def extract(
             info["source"] = str(path)
             break
     else:
-        trajs = wl.maze.shared_prefix_trajectories(per_class=per_class, design=DESIGNS[design])
+        trajs = wl.maze.shared_prefix_trajectories(
+            maze_cfg, per_class=per_class, design=DESIGNS[design]
+        )
         info["mazes"] = len({t.maze_seed for t in trajs})
         info["tokens_per_sample"] = distinct_prefix_tokens(model, trajs) / len(trajs)
         start = time.perf_counter()
-        stats = wl.capture(model, trajs, checkpoint=out / f"{design}_checkpoint")
+        stats = wl.capture(model, trajs, checkpoint=out / f"{prefix}{design}_checkpoint")
         info["capture_s"] = time.perf_counter() - start
         stats.save(target)
         info["source"] = str(target)
@@ -67,9 +81,9 @@ def extract(
     return stats, info
 
 
-def summarise(stats: wl.ClassStatistics, n_boot: int) -> dict[str, Any]:
+def summarise(stats: wl.ClassStatistics, n_boot: int, role: str = "control") -> dict[str, Any]:
     """Per-layer cosine with bootstrap interval, the no-signal floor and the composition check."""
-    u = wl.welfare_vectors(stats, role="control")
+    u = wl.welfare_vectors(stats, role=role)
     cos = cosine_per_layer(u["mold"], u["gold"])
     lo, hi = bootstrap_ci(bootstrap_cosines(stats, n_boot=n_boot, seed=0))
     out: dict[str, Any] = {
@@ -82,7 +96,7 @@ def summarise(stats: wl.ClassStatistics, n_boot: int) -> dict[str, Any]:
         "mean": float(cos.mean()),
     }
     # Eq. 3 (Path-reference) vectors share the Path mean, so their no-signal floor is +0.5.
-    ref = wl.welfare_vectors(stats, "path_reference", role="control")
+    ref = wl.welfare_vectors(stats, "path_reference", role=role)
     ref_cos = cosine_per_layer(ref["mold"], ref["gold"])
     out["path_reference"] = {
         "per_layer": ref_cos.tolist(),
@@ -151,41 +165,57 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--paper-stats", type=Path, default=None, help="reuse these statistics")
     parser.add_argument("--n-boot", type=int, default=500)
+    parser.add_argument("--checkpoint", type=Path, default=None, help="a trained run: v beside u")
+    parser.add_argument("--prompt-format", default="paper", choices=["paper", "compact"])
     args = parser.parse_args()
     out = args.out or Path("runs") / f"designs_{args.model}"
     out.mkdir(parents=True, exist_ok=True)
     torch.set_grad_enabled(False)
-    model = wl.load_model(args.model)
+    maze_cfg = wl.maze.MazeConfig(prompt_format=args.prompt_format)
+    roles = {"naive u": (None, "control", "")}
+    if args.checkpoint is not None:
+        roles["trained v"] = (args.checkpoint, "trained", "trained_")
     results: dict[str, dict[str, Any]] = {}
-    for design in DESIGNS:
-        reuse = args.paper_stats if design == "paper" else None
-        stats, info = extract(model, design, args.per_class, out, reuse)
-        results[design] = {**info, **summarise(stats, args.n_boot)}
-        print(
-            f"{design}: min {results[design]['min']:+.3f} at layer {results[design]['argmin']}, "
-            f"mean {results[design]['mean']:+.3f}, composition flagged "
-            f"{results[design].get('composition_flagged')}",
-            flush=True,
-        )
-    doc = {"model": args.model, "d_model": int(model.cfg.d_model), "designs": results}
+    for role, (checkpoint, vector_role, prefix) in roles.items():
+        model = wl.load_model(args.model)
+        if checkpoint is not None:
+            model = wl.rl.load_checkpoint(checkpoint, model)
+        for design in DESIGNS:
+            reuse = args.paper_stats if design == "paper" and checkpoint is None else None
+            stats, info = extract(model, design, args.per_class, out, reuse, maze_cfg, prefix)
+            key = design if len(roles) == 1 else f"{role}, {design}"
+            results[key] = {**info, **summarise(stats, args.n_boot, vector_role)}
+            print(
+                f"{key}: min {results[key]['min']:+.3f} at layer {results[key]['argmin']}, "
+                f"mean {results[key]['mean']:+.3f}, composition flagged "
+                f"{results[key].get('composition_flagged')}",
+                flush=True,
+            )
+    d_model = int(model.cfg.d_model)
+    doc = {
+        "model": args.model,
+        "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
+        "prompt_format": args.prompt_format,
+        "d_model": d_model,
+        "designs": results,
+    }
     (out / "designs.json").write_text(json.dumps(doc, indent=1, default=float))
     table = markdown(args.model, results)
     (out / "designs.md").write_text(table)
     print(table)
+    labels = {"paper": "paper design", "minimal_pairs": "minimal pairs"}
     fig = wl.plots.design_comparison(
-        {
-            "paper design": {k: results["paper"][k] for k in CURVE_KEYS},
-            "minimal pairs": {k: results["minimal_pairs"][k] for k in CURVE_KEYS},
-        },
-        d_model=int(model.cfg.d_model),
-        title=f"{args.model} (untrained): cos(u_Mold, u_Gold) by extraction design",
+        {labels.get(k, k): {c: r[c] for c in CURVE_KEYS} for k, r in results.items()},
+        d_model=d_model,
+        title=f"{args.model}: cos(Mold, Gold) by extraction design"
+        + ("" if args.checkpoint is None else " (trained v and naive u)"),
     )
     fig.write_html(out / "designs.html", include_plotlyjs=True)
     try:
         wl.report.export_images({"designs": fig}, out)
     except wl.report.ImageExportError as err:
         print("no PNG:", err)
-    print("wrote", out, float(np.nanmin(results["paper"]["per_layer"])))
+    print("wrote", out)
 
 
 if __name__ == "__main__":
