@@ -7,16 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from welfare_lens.cli import main
 from welfare_lens.errors import ConfigError
 from welfare_lens.pipeline import STAGES, PipelineConfig, run_stage
+from welfare_lens.steering.pre_existence import _layers
+from welfare_lens.vectors import ConceptVectors
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("reproduce")
@@ -40,6 +41,12 @@ def test_reproduce_writes_every_stage(quick_run: Path) -> None:
     for tag in ("v", "u"):
         for concept in ("mold", "gold"):
             assert 0 <= analysis["l_star"][tag][concept] < n_layers
+    for tag in ("v", "u"):  # the analyzed vectors carry ℓ*, which pre_existence reads
+        stored = ConceptVectors.load(quick_run / "analyze" / tag)
+        assert stored.metadata.extra["l_star"] == analysis["l_star"][tag]
+        assert _layers(None, stored, ["mold", "gold"], n_layers) == analysis["l_star"][tag]
+        original = ConceptVectors.load(quick_run / "extract" / tag)
+        assert all(torch.equal(stored[n], original[n]) for n in ("mold", "gold"))
     vaa = analysis["vaa"]  # appendix H: one cosine per layer for each vector of v and u
     assert vaa["layers"] == list(range(n_layers)) and vaa["n_statements"] >= 150
     for tag in ("v", "u"):

@@ -392,6 +392,15 @@ def _analyze(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
             }
     result["l_star"] = l_star
     result["selection"] = selection
+    # The same vectors with their ℓ* in the metadata, so that functions that take layer=None
+    # (e.g. steering.pre_existence) find it: analyze/v and analyze/u.
+    (out / "analyze").mkdir(parents=True, exist_ok=True)
+    for tag in ("v", "u"):
+        meta = vecs[tag].metadata
+        ConceptVectors(
+            dict(vecs[tag].items()),
+            replace(meta, extra={**meta.extra, "l_star": dict(l_star[tag])}),
+        ).save(out / "analyze" / tag)
     result["composition"] = {}
     for tag in ("v", "u"):
         table = stats[tag].info.get("composition")
