@@ -75,7 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompt-format", choices=["paper", "compact"], default=None)
     parser.add_argument("--minutes", type=float, default=None, help="training time budget")
     parser.add_argument("--out", default="runs/recipe")
-    parser.add_argument("--stages", default=None, help="curriculum as turns:steps, e.g. 1:40,15:80")
+    parser.add_argument(
+        "--stages", default=None, help="curriculum as turns:steps[:mazes], e.g. 1:80,15:40:2"
+    )
     parser.add_argument("--sft-steps", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--entropy-beta0", type=float, default=None, help="entropy bonus")

@@ -140,6 +140,27 @@ def test_plan_phases_sft_then_stages() -> None:
         plan_phases(MAZE, config, curriculum=TWO_STAGES, sft_steps=-1)
 
 
+def test_stages_can_set_their_own_mazes_per_step(tmp_path: Path) -> None:
+    cur = Curriculum.parse("1:2, 2:1:1")
+    assert [s.mazes_per_step for s in cur.stages] == [None, 1]
+    assert "1 mazes per step" in repr(cur)
+    assert Curriculum.from_dict(json.loads(json.dumps(cur.to_dict()))) == cur
+    assert "mazes_per_step" not in cur.stages[0].to_dict()  # plans written before it still match
+    assert [s.mazes_per_step for s in cur.scaled(2).stages] == [None, 1]
+    config = small(mazes_per_step=2)
+    phases = plan_phases(MAZE, config, curriculum=cur)
+    assert [p.config(config).mazes_per_step for p in phases] == [2, 1]
+    assert [p.to_dict().get("mazes_per_step") for p in phases] == [None, 1]
+    with pytest.raises(TrainingError, match="mazes_per_step must be a positive"):
+        CurriculumStage(steps=1, mazes_per_step=0)
+    # The trainer plays the stage's batch: 2 mazes x 2 episodes, then 1 maze x 2 episodes.
+    train_with_recipe(
+        load_model("tiny-llama"), MAZE, config, out_dir=tmp_path, curriculum=cur, progress=False
+    )
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["n_episodes"] for r in rows] == [4, 4, 2]
+
+
 def test_enter_phase_switches_config_and_maze_and_guards_fixed_settings() -> None:
     config = small()
     phases = plan_phases(MAZE, config, curriculum=TWO_STAGES, sft_steps=1)

@@ -148,9 +148,12 @@ class CurriculumStage:
         mold_fraction_range: Interior Mold fraction range (``None``: the base maze's).
         gold_fraction: Gold per Mold tile (``None``: the base maze's).
         name: Label (default ``"stage-<i>"`` by position).
+        mazes_per_step: Mazes (GRPO groups) per step in this stage (``None``: the trainer
+            config's). A 15-turn episode costs about fifteen times the tokens of a one-turn one
+            (more in attention), so long stages usually take fewer mazes per step.
 
     Raises:
-        TrainingError: on a non-positive step or turn count.
+        TrainingError: on a non-positive step, turn or maze count.
     """
 
     steps: int
@@ -158,11 +161,18 @@ class CurriculumStage:
     mold_fraction_range: tuple[float, float] | None = None
     gold_fraction: float | None = None
     name: str | None = None
+    mazes_per_step: int | None = None
 
     def __post_init__(self) -> None:
         _positive_int("CurriculumStage.steps", self.steps, "E.g. steps=40.")
         if self.turns is not None:
             _positive_int("CurriculumStage.turns", self.turns, "E.g. turns=5; None keeps the base.")
+        if self.mazes_per_step is not None:
+            _positive_int(
+                "CurriculumStage.mazes_per_step",
+                self.mazes_per_step,
+                "E.g. 2; None keeps the base.",
+            )
         if isinstance(self.mold_fraction_range, list):
             object.__setattr__(self, "mold_fraction_range", tuple(self.mold_fraction_range))
 
@@ -198,7 +208,7 @@ class CurriculumStage:
             else list(self.mold_fraction_range),
             "gold_fraction": self.gold_fraction,
             "name": self.name,
-        }
+        } | ({} if self.mazes_per_step is None else {"mazes_per_step": self.mazes_per_step})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CurriculumStage:
@@ -281,18 +291,25 @@ class Curriculum:
     def parse(cls, text: str) -> Curriculum:
         """Parse ``"1:40,5:40,15:80"`` (``turns:steps`` per stage), e.g. from a command line.
 
+        A third number sets the stage's mazes per step: ``"1:80,15:40:2"`` trains 40 fifteen-turn
+        steps on 2 mazes each.
+
         Raises:
             TrainingError: on a malformed specification.
         """
         stages = []
         for part in str(text).split(","):
-            match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", part)
+            match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*(?::\s*(\d+)\s*)?", part)
             if match is None:
                 raise TrainingError(
                     f"Cannot read curriculum stage {part!r} in {text!r}.",
-                    hint="Write turns:steps per stage, comma-separated, e.g. '1:40,5:40,15:80'.",
+                    hint="Write turns:steps (or turns:steps:mazes) per stage, comma-separated, "
+                    "e.g. '1:40,5:40,15:80:2'.",
                 )
-            stages.append(CurriculumStage(steps=int(match[2]), turns=int(match[1])))
+            mazes = None if match[3] is None else int(match[3])
+            stages.append(
+                CurriculumStage(steps=int(match[2]), turns=int(match[1]), mazes_per_step=mazes)
+            )
         return cls(stages)
 
     @property
@@ -374,6 +391,8 @@ class Curriculum:
                 extra += f", mold {s.mold_fraction_range}"
             if s.gold_fraction is not None:
                 extra += f", gold {s.gold_fraction}"
+            if s.mazes_per_step is not None:
+                extra += f", {s.mazes_per_step} mazes per step"
             turns = "base" if s.turns is None else str(s.turns)
             parts.append(f"{s.name}: {s.steps} steps x {turns} turns{extra}")
         return f"Curriculum({'; '.join(parts)})"
@@ -395,6 +414,7 @@ class Phase:
         start_step: First global step of the phase.
         end_step: Global step after its last step (exclusive).
         maze_cfg: The maze of the phase.
+        mazes_per_step: Mazes per step in the phase (``None``: the trainer config's).
     """
 
     name: str
@@ -403,6 +423,7 @@ class Phase:
     start_step: int
     end_step: int
     maze_cfg: MazeConfig
+    mazes_per_step: int | None = None
 
     @property
     def steps(self) -> int:
@@ -410,12 +431,13 @@ class Phase:
         return self.end_step - self.start_step
 
     def config(self, base: GRPOConfig) -> GRPOConfig:
-        """The trainer config of the phase: ``base`` with its loss and learning rate."""
-        return replace(base, loss=self.loss, lr=self.lr)  # type: ignore[arg-type]
+        """The trainer config of the phase: ``base`` with its loss, learning rate and batch."""
+        mazes = base.mazes_per_step if self.mazes_per_step is None else self.mazes_per_step
+        return replace(base, loss=self.loss, lr=self.lr, mazes_per_step=mazes)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (the maze config in full, and its prompt format on its own)."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "loss": self.loss,
             "lr": self.lr,
@@ -426,6 +448,9 @@ class Phase:
             "prompt_format": self.maze_cfg.prompt_format,
             "maze_cfg": self.maze_cfg.to_dict(),
         }
+        if self.mazes_per_step is not None:  # absent in plans written before it existed
+            out["mazes_per_step"] = self.mazes_per_step
+        return out
 
 
 def plan_phases(
@@ -460,7 +485,15 @@ def plan_phases(
         step = sft_steps
     for stage, cfg in zip(curriculum.stages, curriculum.maze_configs(maze_cfg), strict=True):
         phases.append(
-            Phase(str(stage.name), grpo_config.loss, grpo_config.lr, step, step + stage.steps, cfg)
+            Phase(
+                str(stage.name),
+                grpo_config.loss,
+                grpo_config.lr,
+                step,
+                step + stage.steps,
+                cfg,
+                stage.mazes_per_step,
+            )
         )
         step += stage.steps
     return phases
