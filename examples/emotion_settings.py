@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 import welfare_lens as wl
 from welfare_lens.analysis import emotions as em
@@ -71,8 +72,17 @@ def main() -> None:
     torch.set_grad_enabled(False)
     model = wl.load_model(args.model)
     stories = em.load_stories()
+    cache = out / "story_means.safetensors"
     started = time.perf_counter()
-    names, means, short = story_means(model, stories, offsets, args.batch_size)
+    if cache.exists():
+        loaded = load_file(cache)
+        names = json.loads((out / "story_means.json").read_text())["names"]
+        means = {k: loaded[f"offset_{k}"] for k in offsets}
+        short = 0
+    else:
+        names, means, short = story_means(model, stories, offsets, args.batch_size)
+        save_file({f"offset_{k}": m.contiguous() for k, m in means.items()}, cache)
+        (out / "story_means.json").write_text(json.dumps({"names": names, "offsets": offsets}))
     t_stories = time.perf_counter() - started
     started = time.perf_counter()
     pca = em.neutral_pca(model, em.load_neutral(), progress=False)
@@ -82,7 +92,8 @@ def main() -> None:
         f"neutral PCA {t_pca:.0f} s (k per layer {pca.k}); {short} stories shorter than "
         f"offset {max(offsets)}"
     )
-    template = em.emotion_vectors(model, stories[:2], denoise=None, progress=False).metadata
+    two = [next(s for s in stories if s.emotion == e) for e in names[:2]]
+    template = em.emotion_vectors(model, two, denoise=None, progress=False).metadata
     results: list[dict[str, Any]] = []
     for k in offsets:
         raw = em.mean_minus_others(means[k])
