@@ -2,7 +2,7 @@
 
 One forward pass over the shipped stories keeps every story's per-layer means from several
 token offsets at once; the neutral PCA is fitted once. Then, for each offset x denoising
-(neutral PCA at 50% of variance, or none) x unit normalisation, the emotion vectors are
+(neutral PCA removing each of --denoise fractions of variance, or none) x unit normalisation, the emotion vectors are
 formed exactly as :func:`wl.analysis.emotion_vectors` forms them and
 :func:`wl.analysis.emotion_pca` gives |r|(PC1, valence) per layer. Prints one line per setting
 (best layer, its |r|, and the mean over the last half of the layers) and writes every number
@@ -63,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--offsets", default="0,10,25,50")
+    parser.add_argument("--denoise", default="0.5", help="neutral variance fractions to remove")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -85,11 +86,15 @@ def main() -> None:
         (out / "story_means.json").write_text(json.dumps({"names": names, "offsets": offsets}))
     t_stories = time.perf_counter() - started
     started = time.perf_counter()
-    pca = em.neutral_pca(model, em.load_neutral(), progress=False)
-    t_pca = time.perf_counter() - started
+    fractions = sorted({float(x) for x in args.denoise.split(",")})
+    pcas = {
+        f: em.neutral_pca(model, em.load_neutral(), variance=f, progress=False) for f in fractions
+    }
+    t_pca = (time.perf_counter() - started) / len(fractions)
     print(
         f"{args.model}: {len(stories)} stories, {len(names)} emotions; story pass {t_stories:.0f} s, "
-        f"neutral PCA {t_pca:.0f} s (k per layer {pca.k}); {short} stories shorter than "
+        f"neutral PCA {t_pca:.0f} s each (k per layer {[p.k for p in pcas.values()]}); {short} "
+        f"stories shorter than "
         f"offset {max(offsets)}"
     )
     two = [next(s for s in stories if s.emotion == e) for e in names[:2]]
@@ -97,15 +102,15 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     for k in offsets:
         raw = em.mean_minus_others(means[k])
-        for denoise in (True, False):
-            vec = pca.project_out(raw) if denoise else raw
+        for denoise in [*fractions, 0.0]:
+            vec = pcas[denoise].project_out(raw) if denoise else raw
             for normalise in (False, True):
                 v = vec
                 if normalise:
                     v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(1e-300)
                 cv = ConceptVectors(
                     {e: v[i].to(torch.float32) for i, e in enumerate(names)},
-                    replace(template, extra={"layers": pca.layers}),
+                    replace(template, extra={"layers": list(range(raw.shape[1]))}),
                 )
                 fit = em.emotion_pca(cv)
                 r = np.abs(fit.r_valence)
@@ -123,7 +128,7 @@ def main() -> None:
                 }
                 results.append(row)
                 print(
-                    f"offset {k:>3}  denoise {'50%' if denoise else 'no ':<3}  "
+                    f"offset {k:>3}  denoise {f'{denoise:.0%}' if denoise else 'no':<4} "
                     f"normalise {'yes' if normalise else 'no ':<3}  best |r| {r[best]:.3f} "
                     f"(layer {fit.layers[best]})  mean |r| last half {half.mean():.3f}",
                     flush=True,
