@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -16,6 +17,7 @@ import torch
 
 from welfare_lens.analysis import emotions as em
 from welfare_lens.errors import DataError, LayerError, VectorError
+from welfare_lens.models import load_model
 from welfare_lens.vectors import ConceptVectors, VectorMetadata
 
 DATA = Path(em.__file__).resolve().parents[1] / "data" / "emotions"
@@ -449,3 +451,26 @@ def test_write_stories_generates_with_a_bridge(tmp_path: Path) -> None:
         progress=False,
     )
     assert len(em.load_stories(tmp_path / "s.jsonl")) == len(kept)
+
+
+def test_emotion_settings_example_forms_the_library_vectors_at_every_offset() -> None:
+    """examples/emotion_settings.py keeps several offsets from one pass; each must equal
+    emotion_vectors at that offset, or its table of settings would describe other vectors."""
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location(
+        "example_emotion_settings", root / "examples" / "emotion_settings.py"
+    )
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    tiny_llama = load_model("tiny-llama")
+    stories = [s for s in em.load_stories() if s.emotion in ("afraid", "calm", "proud")]
+    names, means, _ = example.story_means(tiny_llama, stories, [0, 12, 50], batch_size=4)
+    for offset in (0, 12, 50):
+        ref = em.emotion_vectors(
+            tiny_llama, stories, denoise=None, offset=offset, batch_size=4, progress=False
+        )
+        ours = em.mean_minus_others(means[offset])
+        for i, name in enumerate(names):
+            torch.testing.assert_close(ours[i].float(), ref[name], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(means[0], means[50])
