@@ -1,15 +1,16 @@
 """Train a small model on the maze with a recipe, then compare it with the untrained policy.
 
-Runs ``wl.rl.recipe.RECIPES[--recipe]`` (compact prompt, Dr. GRPO + LoRA, curriculum 1 -> 5 -> 15
-turns; a starting point, not a measured setting) through ``train_with_recipe`` within a time
-budget, then the held-out learning curve (``learning_curve``: step 0 = untrained, one point per
-checkpoint, cached), and prints the untrained policy's numbers next to the trained one's. The run
+Runs ``wl.rl.recipe.RECIPES[--recipe]`` (compact prompt, Dr. GRPO + LoRA, a curriculum from one
+turn to fifteen; SmolLM2's is measured, Gemma's a starting point) through ``train_with_recipe``
+within a time budget, then the held-out learning curve (``learning_curve``: step 0 = untrained,
+one point per checkpoint, cached), and prints the untrained policy's numbers next to the trained
+one's, and those of reference policies on the same mazes (``reference_snapshot``). The run
 is resumable: the same command continues a run that was stopped by the budget or killed.
 ``--minutes`` bounds the training only: the evaluation afterwards plays ``--eval-mazes`` held-out
 mazes per checkpoint (lower it, or raise ``--eval-every``, to shorten it).
 
-    .venv/bin/python examples/recipe.py --model smollm2-135m-instruct --minutes 60 \\
-        --out runs/smollm2_recipe
+    .venv/bin/python examples/recipe.py --model smollm2-135m-instruct --minutes 45 \\
+        --eval-last-only --out runs/smollm2_recipe
 
 A smoke run on a tiny random model (seconds; it learns nothing):
 

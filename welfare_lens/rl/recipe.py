@@ -20,9 +20,9 @@ there and to show it happened:
 * :func:`search` -- short trials over a grid of trainer settings (learning rate, entropy
   coefficient, ...), each scored by the held-out return of
   :func:`~welfare_lens.rl.learning_curve.policy_snapshot`; resumable per trial, keeps the best.
-* :data:`RECIPES` -- starting points for ``smollm2-135m-instruct`` and ``gemma-3-270m``. They
-  are **not** measured settings: run :func:`search` and read the learning curve before
-  extracting anything from a trained model.
+* :data:`RECIPES` -- recipes for ``smollm2-135m-instruct`` (measured to learn the 15-turn maze
+  in about 40 CPU minutes; numbers in its notes) and ``gemma-3-270m`` (a starting point, not
+  yet seen to learn). Read the learning curve before extracting anything from a trained model.
 
 **How the phases share one trainer.** :class:`GRPOTrainer` reads ``trainer.config``,
 ``trainer.loss_cfg`` and ``trainer.maze_cfg`` at every step, so a phase switch replaces those
@@ -1343,8 +1343,9 @@ def search(
 class Recipe:
     """A documented starting point for one model: maze, trainer settings, curriculum, grid.
 
-    **Not measured**: every value is a first guess from DESIGN's "Learning signal" notes (a
-    single-turn proxy on SmolLM2), to be confirmed with :func:`search` and the learning curve.
+    ``measured`` says whether the recipe, run as it stands, was seen to learn (its notes give
+    the numbers); otherwise every value is a first guess, to be confirmed with :func:`search`
+    and the learning curve.
 
     Attributes:
         name: Recipe key.
@@ -1357,7 +1358,7 @@ class Recipe:
         sft_lr: Learning rate of the warm start.
         eval_every: Checkpoint interval (learning-curve points).
         search_grid: Suggested :func:`search` grid around the guess.
-        measured: Whether the settings were measured to learn (``False`` for all shipped ones).
+        measured: Whether the recipe as it stands was measured to learn (see ``notes``).
         notes: Why the values are what they are.
     """
 
@@ -1416,6 +1417,13 @@ _CURRICULUM_1_5_15 = Curriculum(
         CurriculumStage(steps=80, turns=15, name="turns-15"),
     ]
 )
+_CURRICULUM_1_15 = Curriculum(
+    [
+        CurriculumStage(steps=80, turns=1, name="turns-1"),
+        # A 15-turn episode costs ~25x a one-turn one on CPU: 2 mazes x 8 episodes per step.
+        CurriculumStage(steps=20, turns=15, name="turns-15", mazes_per_step=2),
+    ]
+)
 _SHARED_GRPO: dict[str, Any] = {
     "loss": "dr_grpo",
     "mazes_per_step": 8,
@@ -1439,20 +1447,29 @@ RECIPES: dict[str, Recipe] = {
     "smollm2-135m-instruct": Recipe(
         name="smollm2-135m-instruct",
         model="smollm2-135m-instruct",
-        summary="Compact prompt, Dr. GRPO + LoRA r32, 8x8 episodes, curriculum 1 -> 5 -> 15 turns.",
+        summary=(
+            "Compact prompt, Dr. GRPO + LoRA r32, 80 one-turn steps (8x8 episodes) then 20 "
+            "fifteen-turn steps (2x8); lr 2e-4, entropy 0.02."
+        ),
         maze={"prompt_format": "compact"},
-        grpo={**_SHARED_GRPO, "lr": 3e-4, "micro_batch_tokens": 4096, "rollout_batch_size": 64},
-        curriculum=_CURRICULUM_1_5_15,
-        search_grid={"lr": (1e-4, 2e-4, 3e-4, 5e-4), "entropy_beta0": (0.0, 0.01)},
+        grpo={
+            **_SHARED_GRPO,
+            "lr": 2e-4,
+            "entropy_beta0": 0.02,
+            "micro_batch_tokens": 4096,
+            "rollout_batch_size": 64,
+        },
+        curriculum=_CURRICULUM_1_15,
+        search_grid={"lr": (1e-4, 2e-4, 3e-4), "entropy_beta0": (0.01, 0.02, 0.05)},
+        measured=True,
         notes=(
-            "DESIGN 'Learning signal': in the single-turn proxy (8 prompts x 8 samples, LoRA "
-            "r32) the compact prompt at lr 3e-4 took P(Gold) 0.20 -> 0.64 and P(Mold) 0.44 -> "
-            "0.004 in 120 steps; the paper prompt did not move at 2e-4 in 80 steps, and lr 1e-3 "
-            "without the entropy bonus collapsed onto one direction. Stage 1 is that proxy; the "
-            "5- and 15-turn stages are untested. lr 3e-4 is the one value seen to learn; the grid "
-            "spans 1e-4..5e-4. Measured (README): 100 one-turn + 7 five-turn steps took held-out "
-            "15-turn P(Gold | in view) 0.24 -> 0.82 but left P(Mold) at 0.51: Mold avoidance "
-            "does not transfer from one-turn training."
+            "Measured (README, 'Learning signal'): 40.7 min on one CPU thread while another job "
+            "used the other core; on 200 held-out 15-turn mazes P(Gold | Gold in view) 0.244 -> "
+            "0.705, P(Mold) 0.515 -> 0.146 (a perfect Mold-avoider: 0.089), P(Mold | avoidable) "
+            "0.472 -> 0.097, return -73.5 -> +4.3, largest direction share 0.65 (E). At lr 3e-4 "
+            "with 4x8 one-turn episodes the policy collapsed onto N within 30 steps; one-turn "
+            "training alone (100 steps) left 15-turn P(Mold) at 0.51, so the fifteen-turn stage "
+            "is what teaches Mold avoidance in long conversations."
         ),
     ),
     "gemma-3-270m": Recipe(
@@ -1460,12 +1477,21 @@ RECIPES: dict[str, Recipe] = {
         model="gemma-3-270m",
         summary="Compact prompt, Dr. GRPO + LoRA r32, 8x8 episodes, curriculum 1 -> 5 -> 15 turns.",
         maze={"prompt_format": "compact"},
-        grpo={**_SHARED_GRPO, "lr": 1e-4, "micro_batch_tokens": 2048, "rollout_batch_size": 64},
+        grpo={
+            **_SHARED_GRPO,
+            "lr": 5e-5,
+            "entropy_beta0": 0.02,
+            "micro_batch_tokens": 2048,
+            "rollout_batch_size": 64,
+        },
         curriculum=_CURRICULUM_1_5_15,
         search_grid={"lr": (5e-5, 1e-4, 2e-4), "entropy_beta0": (0.0, 0.01)},
         notes=(
             "Measured: at lr 2e-4 (entropy 0.01) the one-turn policy collapsed onto one direction "
-            "within 12 steps (entropy 0.87 -> 0.05), so keep lr <= 1e-4. "
+            "within 12 steps (entropy 0.87 -> 0.05); at lr 1e-4 it did too, more slowly (entropy "
+            "0.01 by step 38; held-out 15-turn direction share 0.75 W after 40 one-turn and 2 "
+            "fifteen-turn steps, P(Gold | in view) 0.32 -> 0.41 on 20 mazes). Hence the untested "
+            "guess lr 5e-5 with entropy 0.02. "
             "The SmolLM2 settings with a lower learning rate "
             "for a model twice the size. Gemma 3's sliding-window attention makes rollouts decode "
             "one episode per lane (slower); micro_batch_tokens 2048 bounds the update's memory."
