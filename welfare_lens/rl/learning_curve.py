@@ -251,7 +251,8 @@ class PolicySnapshot:
             f"PolicySnapshot({self.n_episodes} episodes on {self.n_mazes} mazes: "
             f"P(Gold|avail)={_fmt(self.p_gold_given_available)} "
             f"(chance {_fmt(self.chance_gold)}), P(Mold)={_fmt(self.p_mold)} "
-            f"(chance {_fmt(self.chance_mold)}; avoidable {_fmt(self.p_mold_avoidable)}), return {_fmt(self.return_mean, '+.2f')} ± "
+            f"(chance {_fmt(self.chance_mold)}; avoidable {_fmt(self.p_mold_avoidable)}), "
+            f"return {_fmt(self.return_mean, '+.2f')} ± "
             f"{_fmt(self.return_se, '.2f')} SE, max direction share "
             f"{self.max_direction_share:.2f} ({self.dominant_direction}))"
         )
@@ -516,7 +517,7 @@ def reference_snapshot(
     :class:`~welfare_lens.maze.RandomPolicy` gives chance, an
     :class:`~welfare_lens.maze.OptimalPolicy` the planner's return, and a
     :class:`~welfare_lens.maze.MoldAvoider` the lowest ``P(Mold)`` any policy that never steps
-    onto avoidable Mold reaches (about 0.08 on the paper's 15-turn mazes: Mold boxes it in).
+    onto avoidable Mold reaches (0.089 on the 200 held-out 15-turn mazes: Mold boxes it in).
     A reference policy's distribution is not known, so the "mass" fields are those of its
     realised choices (one-hot).
 
