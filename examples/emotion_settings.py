@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,8 @@ from safetensors.torch import load_file, save_file
 
 import welfare_lens as wl
 from welfare_lens.analysis import emotions as em
-from welfare_lens.vectors import ConceptVectors
+from welfare_lens.models import model_info
+from welfare_lens.vectors import ConceptVectors, VectorMetadata
 
 
 def story_means(
@@ -47,10 +47,10 @@ def story_means(
         per_layer = [torch.split(acts[layer], counts) for layer in layers]
         for row, i in enumerate(idx):
             n = counts[row]
+            short += int(n <= max(offsets))
             for k in offsets:
                 # As emotion_vectors: a story shorter than the offset uses its second half.
                 start = k if k < n else n // 2
-                short += int(k >= n and k == max(offsets))
                 mean = torch.stack(
                     [per_layer[j][row][start:].mean(dim=0) for j in range(len(layers))]
                 )
@@ -77,13 +77,15 @@ def main() -> None:
     started = time.perf_counter()
     if cache.exists():
         loaded = load_file(cache)
-        names = json.loads((out / "story_means.json").read_text())["names"]
+        saved = json.loads((out / "story_means.json").read_text())
+        names, short = saved["names"], saved["short"]
         means = {k: loaded[f"offset_{k}"] for k in offsets}
-        short = 0
     else:
         names, means, short = story_means(model, stories, offsets, args.batch_size)
         save_file({f"offset_{k}": m.contiguous() for k, m in means.items()}, cache)
-        (out / "story_means.json").write_text(json.dumps({"names": names, "offsets": offsets}))
+        (out / "story_means.json").write_text(
+            json.dumps({"names": names, "offsets": offsets, "short": short})
+        )
     t_stories = time.perf_counter() - started
     started = time.perf_counter()
     fractions = sorted({float(x) for x in args.denoise.split(",")})
@@ -97,8 +99,16 @@ def main() -> None:
         f"stories shorter than "
         f"offset {max(offsets)}"
     )
-    two = [next(s for s in stories if s.emotion == e) for e in names[:2]]
-    template = em.emotion_vectors(model, two, denoise=None, progress=False).metadata
+    n_layers = int(model.cfg.n_layers)
+    meta = VectorMetadata(
+        model_id=model_info(model).model_id,
+        d_model=int(model.cfg.d_model),
+        n_layers=n_layers,
+        coordinate_mode=model_info(model).coordinate_mode,
+        method="mean_minus_others",
+        role="emotion",
+        extra={"layers": list(range(n_layers))},
+    )
     results: list[dict[str, Any]] = []
     for k in offsets:
         raw = em.mean_minus_others(means[k])
@@ -110,7 +120,7 @@ def main() -> None:
                     v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(1e-300)
                 cv = ConceptVectors(
                     {e: v[i].to(torch.float32) for i, e in enumerate(names)},
-                    replace(template, extra={"layers": list(range(raw.shape[1]))}),
+                    meta,
                 )
                 fit = em.emotion_pca(cv)
                 r = np.abs(fit.r_valence)
