@@ -74,6 +74,23 @@ def test_finished_stages_are_skipped(quick_run: Path, capsys: pytest.CaptureFixt
         run_stage("analyze", cfg.updated({"per_class": 99}), quick_run)
 
 
+def test_force_reruns_a_stage_and_keeps_the_old_outputs(quick_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    for stage in ("train", "extract", "analyze", "steer"):
+        shutil.copytree(quick_run / stage, tmp_path / stage)
+    cfg = PipelineConfig.preset("quick", model="tiny-llama", eval_items=1)
+    old_rows = (tmp_path / "steer" / "sentiment.jsonl").read_text()
+    with pytest.raises(ConfigError, match="eval_items"):
+        run_stage("steer", cfg, tmp_path)
+    run_stage("steer", cfg, tmp_path, force=True)
+    assert (tmp_path / "steer.old" / "sentiment.jsonl").read_text() == old_rows
+    header = json.loads((tmp_path / "steer" / "sentiment.jsonl").read_text().splitlines()[0])
+    assert header["_sweep"]["settings"]["items"] == 1
+    done = json.loads((tmp_path / "steer" / "done.json").read_text())
+    assert done["config"]["eval_items"] == 1
+
+
 def test_minimal_pair_design_extracts_unflagged_vectors(quick_run: Path, tmp_path: Path) -> None:
     """design="minimal_pairs": same trained checkpoint, classes that differ only in the move."""
     import shutil
@@ -130,3 +147,39 @@ def test_cli_reports_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixture[
     code = main(["steer", "--quick", "--model", "tiny-llama", "--out", str(tmp_path)])
     err: Any = capsys.readouterr().err
     assert code == 2 and "analysis.json" in err
+
+
+def test_train_stage_follows_a_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """recipe="auto" trains with RECIPES[model]: its curriculum, not train_steps; the report
+    names the recipe; recipe=None keeps the plain GRPO settings."""
+    from dataclasses import replace as dc_replace
+
+    from welfare_lens._pipeline_report import _training_text
+    from welfare_lens.rl.recipe import RECIPES, Curriculum
+
+    base = RECIPES["smollm2-135m-instruct"]
+    tiny = dc_replace(
+        base,
+        name="tiny-llama",
+        model="tiny-llama",
+        grpo={**base.grpo, "mazes_per_step": 1, "episodes_per_maze": 2, "micro_batch_size": 2},
+        curriculum=Curriculum.parse("1:2,2:1"),
+        measured=False,
+    )
+    monkeypatch.setitem(RECIPES, "tiny-llama", tiny)
+    cfg = PipelineConfig.preset("full", model="tiny-llama", train_steps=50)
+    assert cfg.recipe == "auto"
+    summary = run_stage("train", cfg, tmp_path)
+    assert (summary["recipe"], summary["steps"]) == ("tiny-llama", 3)  # 2 + 1, not 50
+    plan = json.loads((tmp_path / "train" / "recipe.json").read_text())["plan"]
+    assert [phase["turns"] for phase in plan["phases"]] == [1, 2]
+    text = _training_text(cfg, tmp_path)
+    assert "recipe **tiny-llama** (an unmeasured starting point)" in text
+    assert "3 steps in all" in text
+    # Without a recipe the fields apply (the quick preset); an unknown recipe is an error.
+    assert _training_text(PipelineConfig.preset("quick"), tmp_path / "none").startswith("2 steps")
+    with pytest.raises(ConfigError, match="recipe"):
+        PipelineConfig(recipe="smollm")
+    assert PipelineConfig(recipe="none").recipe is None

@@ -86,6 +86,22 @@ def _tracking_panels(tracking: dict[str, Any]) -> dict[str, dict[str, list[float
     }
 
 
+def _training_text(cfg: PipelineConfig, out: Path) -> str:
+    """What the train stage ran: a recipe (see ``PipelineConfig.recipe``) or plain GRPO."""
+    done = _load(out / "train" / "done.json") or {}
+    name = done.get("recipe")
+    if name:
+        from welfare_lens.rl.recipe import RECIPES
+
+        recipe = RECIPES.get(name)
+        what = recipe.summary if recipe is not None else "see train/recipe.json"
+        measured = "" if done.get("recipe_measured") else " (an unmeasured starting point)"
+        return f"recipe **{name}**{measured}: {what} {done.get('steps')} steps in all"
+    return (
+        f"{cfg.train_steps} steps of {cfg.mazes_per_step} mazes x {cfg.episodes_per_maze} episodes"
+    )
+
+
 def write_pipeline_report(cfg: PipelineConfig, out: Path) -> Path:
     """Gather every stage's outputs under ``out`` into ``out/report.html`` and ``report.json``."""
     analysis = _load(out / "analyze" / "analysis.json") or {}
@@ -99,8 +115,7 @@ def write_pipeline_report(cfg: PipelineConfig, out: Path) -> Path:
         sections.append(
             Section(
                 "Training (GRPO in the maze)",
-                f"Prompt format **{cfg.prompt_format}**, {cfg.train_steps} steps of "
-                f"{cfg.mazes_per_step} mazes x {cfg.episodes_per_maze} episodes. Held-out "
+                f"Prompt format **{cfg.prompt_format}**, {_training_text(cfg, out)}. Held-out "
                 f"returns of the naive and trained policies on {cfg.eval_mazes} mazes below.",
                 tables=[("held-out maze evaluation", table)] if table else [],
                 figures=[plots.training_curves(history)] if history else [],

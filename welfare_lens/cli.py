@@ -152,7 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             help="sizes: full = CPU hours (default), paper = the paper's (a GPU job)",
         )
         stage.add_argument("--set", action="append", metavar="KEY=VALUE", help="one setting")
-        stage.add_argument("--force", action="store_true", help="rerun finished stages")
+        stage.add_argument(
+            "--force",
+            action="store_true",
+            help="rerun finished stages from scratch (old outputs kept in <stage>.old; train "
+            "continues from its checkpoints)",
+        )
         stage.set_defaults(func=_stage)
 
     args = parser.parse_args(argv)

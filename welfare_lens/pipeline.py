@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from welfare_lens.errors import ConfigError, DataError
+from welfare_lens.errors import ConfigError, DataError, WelfareLensError
 
 __all__ = ["STAGES", "PipelineConfig", "run_pipeline", "run_stage"]
 
@@ -55,6 +56,13 @@ class PipelineConfig:
         prompt_format: Maze user-turn format for training and extraction (``"compact"`` is the
             one the bundled 135M-270M models learn on a CPU; ``"paper"`` is the paper's).
         turns: Maze turns per episode (paper: 15).
+        recipe: How ``train`` trains. ``"auto"`` (the default of the ``full`` preset): with
+            :data:`welfare_lens.rl.RECIPES` ``[model]`` when the model has one (its curriculum,
+            learning rate, entropy bonus and batch sizes replace ``train_steps``,
+            ``mazes_per_step``, ``episodes_per_maze``, ``micro_batch_size`` and ``lr``; the
+            135M-270M models do not learn the 15-turn maze from plain GRPO on a CPU budget),
+            else with those fields. A recipe key uses that recipe; ``None`` (or ``"none"``
+            in TOML) always uses the fields (the ``quick`` and ``paper`` presets).
         train_steps: GRPO steps.
         mazes_per_step, episodes_per_maze, micro_batch_size, lr: GRPO settings (A3).
         per_class: Extraction samples per class (paper: 5,000), shared-prefix sampling.
@@ -80,6 +88,7 @@ class PipelineConfig:
     seed: int = 0
     prompt_format: str = "compact"
     turns: int = 15
+    recipe: str | None = "auto"
     train_steps: int = 40
     mazes_per_step: int = 2
     episodes_per_maze: int = 8
@@ -115,6 +124,18 @@ class PipelineConfig:
             raise ConfigError(
                 f"Unknown extraction design {self.design!r}.", hint=f"Choose from {DESIGNS}."
             )
+        if self.recipe in ("none", ""):
+            object.__setattr__(self, "recipe", None)  # TOML has no null
+        if self.recipe is not None and self.recipe != "auto":
+            from welfare_lens.rl.recipe import get_recipe
+
+            try:
+                get_recipe(self.recipe)
+            except WelfareLensError as err:
+                raise ConfigError(
+                    f"Unknown recipe {self.recipe!r}.",
+                    hint=f"Use 'auto', 'none' or a recipe key. {err.hint or ''}".strip(),
+                ) from err
         if self.dtype not in DTYPES:
             raise ConfigError(
                 f"Unknown dtype {self.dtype!r}.", hint=f"Choose from {tuple(DTYPES)}."
@@ -135,6 +156,7 @@ class PipelineConfig:
         if name == "paper":
             paper: dict[str, Any] = {
                 "prompt_format": "paper",
+                "recipe": None,
                 "train_steps": 500,
                 "mazes_per_step": 8,
                 "episodes_per_maze": 64,
@@ -151,6 +173,7 @@ class PipelineConfig:
             return cls(**paper)
         if name == "quick":
             quick: dict[str, Any] = {
+                "recipe": None,
                 "train_steps": 2,
                 "mazes_per_step": 2,
                 "episodes_per_maze": 4,
@@ -290,11 +313,48 @@ def _maze_cfg(cfg: PipelineConfig) -> Any:
 # ---------------------------------------------------------------------------- stages
 
 
+def _training_recipe(cfg: PipelineConfig) -> Any:
+    """The :class:`~welfare_lens.rl.recipe.Recipe` the train stage follows, or None."""
+    from welfare_lens.rl.recipe import RECIPES, get_recipe
+
+    if cfg.recipe == "auto":
+        return RECIPES.get(cfg.model)
+    return None if cfg.recipe is None else get_recipe(cfg.recipe)
+
+
+def _train_with_recipe(
+    recipe: Any, cfg: PipelineConfig, folder: Path, models: _Models
+) -> dict[str, Any]:
+    from welfare_lens.rl.recipe import train_with_recipe
+
+    start = time.perf_counter()
+    run = train_with_recipe(
+        models.fresh(),
+        recipe.maze_config(prompt_format=cfg.prompt_format, turns=cfg.turns),
+        recipe.grpo_config(seed=cfg.seed),
+        out_dir=folder,
+        curriculum=recipe.curriculum,
+        sft_steps=recipe.sft_steps,
+        sft_lr=recipe.sft_lr,
+        eval_every=recipe.eval_every,
+        progress=True,
+    )
+    return {
+        "recipe": recipe.name,
+        "recipe_measured": recipe.measured,
+        "steps": run.global_step,
+        "seconds": time.perf_counter() - start,
+    }
+
+
 def _train(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
     from welfare_lens.rl import GRPOConfig, GRPOTrainer
     from welfare_lens.rl.checkpoint import latest_checkpoint
 
     folder = out / "train"
+    recipe = _training_recipe(cfg)
+    if recipe is not None:
+        return _train_with_recipe(recipe, cfg, folder, models)
     ckpt = latest_checkpoint(folder)
     if ckpt is not None:
         trainer = GRPOTrainer.resume(ckpt, models.fresh())
@@ -503,6 +563,8 @@ def _steer(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
             seed=cfg.seed,
         ),
     }
+    # What the rows depend on besides the steering: a resumed sweep file must match them.
+    settings = {"items": n, "samples": s, "max_new_tokens": tokens, "seed": cfg.seed}
     result: dict[str, Any] = {}
     for evaluation in cfg.evaluations:
         rows: list[dict[str, Any]] = []
@@ -519,6 +581,7 @@ def _steer(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
                 norm_match_to={f"u_{concept}": v[concept]},
                 names=[f"u_{concept}"],
                 tag=f"{evaluation}-control",
+                settings=settings,
                 progress=False,
             )
             rows.extend(table)
@@ -530,6 +593,7 @@ def _steer(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
                 alphas=cfg.alphas,
                 out_path=folder / f"{evaluation}.jsonl",
                 tag=evaluation,
+                settings=settings,
                 progress=False,
             )
             rows.extend(table)
@@ -610,6 +674,10 @@ def run_stage(
 ) -> dict[str, Any]:
     """Run one stage (skipped if ``out/<stage>/done.json`` exists, unless ``force``).
 
+    ``force`` reruns the stage from scratch, its previous folder moved to ``out/<stage>.old``;
+    except ``train``, which continues from its latest checkpoint (delete ``out/train`` to
+    train anew).
+
     Returns:
         The stage's summary (also in ``done.json``).
     """
@@ -630,6 +698,14 @@ def run_stage(
             )
         print(f"[{stage}] already done ({done}); skipped", flush=True)
         return summary
+    if force and stage != "train" and (out / stage).exists():
+        # A forced stage recomputes from scratch: its partial results (capture checkpoints,
+        # sweep rows) belong to the old run. They are kept once, beside it, not deleted.
+        old = out / f"{stage}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        (out / stage).rename(old)
+        print(f"[{stage}] --force: the previous outputs moved to {old}", flush=True)
     if models is None:
         models = _Models(cfg, out)
     torch.manual_seed(cfg.seed)

@@ -184,6 +184,23 @@ def test_sweep_resumes_after_interruption(llama: Any, tmp_path: Path, one_thread
         object.__setattr__(llama, "welfare_lens_info", info)
 
 
+def test_sweep_refuses_a_file_of_other_settings(
+    llama: Any, tmp_path: Path, one_thread: None
+) -> None:
+    """Rows of another prompt count must not be reused as if they answered this sweep."""
+    vectors = _vectors(llama)
+    kwargs: dict[str, Any] = {"layers": [1], "alphas": (0, 2), "names": ["gold"]}
+    out = tmp_path / "sweep.jsonl"
+    first = sweep(llama, _Eval(), vectors, out_path=out, settings={"items": 10}, **kwargs)
+    same = _Eval()
+    again = sweep(llama, same, vectors, out_path=out, settings={"items": 10}, **kwargs)
+    assert same.calls == 0 and len(again) == len(first)
+    with pytest.raises(DataError, match=r"other settings \(items\)"):
+        sweep(llama, _Eval(), vectors, out_path=out, settings={"items": 20}, **kwargs)
+    with pytest.raises(DataError, match=r"other settings \(items\)"):
+        sweep(llama, _Eval(), vectors, out_path=out, **kwargs)
+
+
 def test_sweep_norm_matched_controls(llama: Any, one_thread: None) -> None:
     trained = _vectors(llama)
     control = _vectors(llama, "naive")

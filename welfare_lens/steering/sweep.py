@@ -12,7 +12,7 @@ rows of an unfinished condition are discarded, and nothing else is repeated or l
 
 File format (one JSON object per line)::
 
-    {"_sweep": {"version": 1, "model_id": ..., "tag": ...}}          header
+    {"_sweep": {"version": 1, "model_id": ..., "tag": ..., "settings": {...}}}   header
     {"prompt": ..., "sample": 0, "alpha": -4.0, "layer": 20, "vector": "gold", "score": ...}
     ...
     {"_done": {"tag": ..., "vector": "gold", "layer": 20, "alpha": -4.0}, "n_rows": 800}
@@ -457,6 +457,7 @@ def sweep(
     mode: SteeringMode = "add",
     norm_match_to: ConceptVectors | Mapping[str, Tensor] | None = None,
     tag: str | None = None,
+    settings: Mapping[str, Any] | None = None,
     share_baseline: bool = True,
     progress: bool = True,
 ) -> ResultTable:
@@ -484,6 +485,10 @@ def sweep(
             ``{label: [n_layers, d]}``), and rows are reported at the nominal α (M.1).
         tag: Label of this evaluation, part of each condition's identity in the file (use a
             different tag for a different evaluation appended to the same file).
+        settings: What the evaluation's rows depend on besides the steering (prompt counts,
+            samples, generation length, seeds...), JSON values. Recorded in the file's header;
+            resuming a file written with other settings is an error instead of a silent reuse
+            of rows that answer another question.
         share_baseline: Evaluate α = 0 (no steering) once and reuse its rows for every
             (vector, layer) instead of re-running the identical condition.
         progress: Show a tqdm bar.
@@ -492,13 +497,16 @@ def sweep(
         Every row of the completed conditions (including those read from ``out_path``).
 
     Raises:
-        DataError: ``out_path`` was written for another model or is corrupt.
+        DataError: ``out_path`` was written for another model or other ``settings``, or is
+            corrupt.
     """
     total = int(model.cfg.n_layers)
     layer_list = [layers] if isinstance(layers, int) else list(layers)
     layer_list = [int(layer) % total if int(layer) < 0 else int(layer) for layer in layer_list]
     sources = _vector_sources(vectors, names)
-    header = {"version": _FORMAT_VERSION, "model_id": _model_id(model), "tag": tag}
+    header: dict[str, Any] = {"version": _FORMAT_VERSION, "model_id": _model_id(model), "tag": tag}
+    if settings is not None:
+        header["settings"] = json.loads(json.dumps(dict(settings)))  # as it reads back
     path = Path(out_path) if out_path is not None else None
     rows: list[Row] = []
     done: set[ConditionKey] = set()
@@ -509,6 +517,15 @@ def sweep(
                 f"{path} holds a sweep of model {old_header.get('model_id')!r}, not "
                 f"{header['model_id']!r}.",
                 hint="Use another out_path, or the model the file was written for.",
+            )
+        if old_header is not None and old_header.get("settings") != header.get("settings"):
+            before, now = old_header.get("settings") or {}, header.get("settings") or {}
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            what = ", ".join(changed) or "none recorded"
+            raise DataError(
+                f"{path} holds a sweep run with other settings ({what}): its rows answer "
+                "another question.",
+                hint="Use another out_path, or move the old file away to rerun.",
             )
         if old_header is None or dirty:
             path.parent.mkdir(parents=True, exist_ok=True)
