@@ -350,7 +350,7 @@ def training() -> list[NotebookNode]:
             maze_cfg = wl.maze.MazeConfig(prompt_format="compact")
             print(wl.maze.MazeEnv(maze_cfg, 0).user_message)
 
-            # A new folder per run: a trainer appends to an existing metrics.jsonl.
+            # A new folder per run: a trainer refuses a folder that holds another run.
             run_dir = WORK / time.strftime("run-%Y%m%d-%H%M%S")
             config = wl.rl.GRPOConfig(
                 mazes_per_step=2,

@@ -370,6 +370,8 @@ def _train(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
             checkpoint_every=5,
             progress=False,
         )
+        # A run killed before its first checkpoint starts again from step 0.
+        (folder / "metrics.jsonl").unlink(missing_ok=True)
         trainer = GRPOTrainer(models.fresh(), _maze_cfg(cfg), config)
     start = time.perf_counter()
     while trainer.global_step < cfg.train_steps:

@@ -183,3 +183,9 @@ def test_checkpoint_errors(tmp_path: Path, bandit: Any) -> None:
     no_dir = GRPOTrainer(load_model("tiny-llama"), MAZE, GRPOConfig(progress=False))
     with pytest.raises(TrainingError, match="out_dir"):
         no_dir.save_checkpoint()
+    # A new run pointed at a used folder would mix its metrics and checkpoints with the old.
+    before = (custom / "metrics.jsonl").read_text()
+    again = GRPOTrainer(load_model("tiny-llama"), MAZE, cfg, env_factory=factory)
+    with pytest.raises(TrainingError, match=r"already holds a training run \(checkpoint-000002"):
+        again.step()
+    assert (custom / "metrics.jsonl").read_text() == before

@@ -540,6 +540,8 @@ class GRPOTrainer:
         Raises:
             TrainingError: if the gradient is not finite.
         """
+        if self.global_step == 0:
+            self._check_fresh_out_dir()
         started = time.perf_counter()
         metrics = self._sft_step() if self.config.loss == "sft" else self._rl_step()
         metrics["step_s"] = time.perf_counter() - started
@@ -550,6 +552,23 @@ class GRPOTrainer:
         if every > 0 and self.global_step % every == 0:
             self.save_checkpoint()
         return metrics
+
+    def _check_fresh_out_dir(self) -> None:
+        """A new run must not write into another run's folder: its metrics would be appended
+        to the old ones and ``latest_checkpoint`` could pick the old run's step."""
+        out = self.out_dir
+        if out is None or not out.is_dir():
+            return
+        old_checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
+        metrics = out / "metrics.jsonl"
+        old_metrics = metrics.is_file() and metrics.stat().st_size > 0
+        if old_checkpoints or old_metrics:
+            found = old_checkpoints[-1] if old_checkpoints else "metrics.jsonl"
+            raise TrainingError(
+                f"out_dir {out} already holds a training run ({found}).",
+                hint="Continue it with GRPOTrainer.resume(out_dir), or pass a new out_dir "
+                "(or delete the old run).",
+            )
 
     def train(self, steps: int) -> list[dict[str, Any]]:
         """Run ``steps`` more training steps with a progress bar.
