@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--stages", default=None, help="curriculum as turns:steps[:mazes], e.g. 1:80,15:40:2"
     )
-    parser.add_argument("--sft-steps", type=int, default=None)
+    parser.add_argument("--sft-steps", type=int, default=None, help="SFT warm-start steps")
+    parser.add_argument("--sft-lr", type=float, default=None, help="warm-start learning rate")
+    parser.add_argument(
+        "--sft-turns",
+        type=int,
+        default=None,
+        help="turns of the warm start's optimal-policy episodes (default: the task's)",
+    )
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--entropy-beta0", type=float, default=None, help="entropy bonus")
     parser.add_argument("--mazes-per-step", type=int, default=None)
@@ -135,16 +143,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{recipe!r}\nmaze: {maze_cfg.prompt_format} prompt, size {maze_cfg.size}; "
           f"{curriculum!r}; sft_steps={sft_steps}; out={out}", flush=True)  # fmt: skip
 
+    # The warm start plays its own (e.g. one-turn) maze; the stages set their turns and the
+    # learning curve always plays the task's maze.
+    sft_maze = maze_cfg if args.sft_turns is None else replace(maze_cfg, turns=args.sft_turns)
     model = wl.load_model(args.model)
     run = train_with_recipe(
         model,
-        maze_cfg,
+        sft_maze,
         config,
         out_dir=out,
         curriculum=curriculum,
         sft_steps=sft_steps,
-        sft_lr=recipe.sft_lr,
+        sft_lr=recipe.sft_lr if args.sft_lr is None else args.sft_lr,
         eval_every=eval_every,
+        eval_maze_cfg=maze_cfg,
         eval_mazes=args.eval_mazes if args.live_eval else 0,
         max_seconds=None if args.minutes is None else args.minutes * 60,
         progress=not args.quiet,

@@ -62,6 +62,11 @@ def test_reproduce_writes_every_stage(quick_run: Path) -> None:
     assert evaluate["trained"]["n_mazes"] == 4
 
 
+def test_extracted_vectors_carry_their_role(quick_run: Path) -> None:
+    roles = {tag: ConceptVectors.load(quick_run / "extract" / tag).metadata.role for tag in "uv"}
+    assert roles == {"u": "control", "v": "trained"}
+
+
 def test_finished_stages_are_skipped(quick_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = (quick_run / "analyze" / "analysis.json").stat().st_mtime_ns
     cfg = PipelineConfig.preset("quick", model="tiny-llama")

@@ -410,7 +410,7 @@ def _extract(cfg: PipelineConfig, out: Path, models: _Models) -> dict[str, Any]:
             checkpoint=folder / f"stats_{tag}",
             checkpoint_every=500,
         )
-        welfare_vectors(stats).save(folder / tag)
+        welfare_vectors(stats, role="control" if tag == "u" else "trained").save(folder / tag)
         result[f"{tag}_seconds"] = time.perf_counter() - start
     return result
 
