@@ -308,6 +308,28 @@ def test_learning_curve_points_cache_and_base_untouched(run_dir: Path, tiny_llam
     assert json.loads(json.dumps(curve.to_dict()))["rows"][0]["phase"] == "untrained"
 
 
+def test_learning_curve_batch_size_bounds_memory_not_the_result(
+    run_dir: Path, tiny_llama: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each episode samples from its own stream: one at a time gives the same snapshots."""
+    whole = learning_curve(run_dir, tiny_llama, MAZE, n_mazes=4, out=tmp_path / "a.json")
+    played = lc_module.policy_snapshot
+    sizes: list[int | None] = []
+
+    def recording(*args: Any, **kwargs: Any) -> PolicySnapshot:
+        sizes.append(kwargs.get("batch_size"))
+        return played(*args, **kwargs)
+
+    monkeypatch.setattr(lc_module, "policy_snapshot", recording)
+    single = learning_curve(
+        run_dir, tiny_llama, MAZE, n_mazes=4, batch_size=1, out=tmp_path / "b.json"
+    )
+    assert sizes == [1, 1, 1]
+    for a, b in zip(whole.points, single.points, strict=True):
+        assert a.snapshot.direction_counts == b.snapshot.direction_counts
+        assert a.snapshot.return_mean == pytest.approx(b.snapshot.return_mean)
+
+
 def test_learning_curve_rerun_is_read_from_the_cache(
     run_dir: Path, tiny_llama: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1049,6 +1049,7 @@ def learning_curve(
     temperature: float | None = None,
     greedy: bool = False,
     episodes_per_maze: int = 1,
+    batch_size: int | None = 64,
     out: str | Path | None = None,
     progress: bool = False,
 ) -> LearningCurve:
@@ -1073,6 +1074,10 @@ def learning_curve(
         temperature: Sampling temperature; default the run's.
         greedy: Play the argmax move.
         episodes_per_maze: Episodes per maze.
+        batch_size: Episodes decoded together (memory: each holds a KV cache of up to a
+            whole conversation; 64 paper-format 15-turn episodes of SmolLM2 take about 6 GB).
+            Each episode has its own sampling stream, so the batch size is not part of the
+            cached settings.
         out: Cache file; default ``run_dir/learning_curve.json``.
         progress: Print one line per new snapshot.
 
@@ -1136,6 +1141,7 @@ def learning_curve(
             episodes_per_maze=episodes_per_maze,
             actions=actions,
             template=template,
+            batch_size=batch_size,
         )
 
     points: list[CurvePoint] = []
