@@ -32,7 +32,7 @@ import torch
 
 import welfare_lens as wl
 from welfare_lens.rl.learning_curve import PolicySnapshot, learning_curve
-from welfare_lens.rl.recipe import RECIPES, Curriculum, get_recipe, train_with_recipe
+from welfare_lens.rl.recipe import RECIPES, Curriculum, recipe_for, train_with_recipe
 
 
 def _pm(value: float | None, se: float | None, spec: str = ".3f") -> str:
@@ -90,6 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--entropy-beta0", type=float, default=None, help="entropy bonus")
+    parser.add_argument("--kl-beta", type=float, default=None, help="k3 KL to the untrained model")
     parser.add_argument("--mazes-per-step", type=int, default=None)
     parser.add_argument("--episodes-per-maze", type=int, default=None)
     parser.add_argument("--micro-batch-size", type=int, default=None)
@@ -111,10 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.manual_seed(0)
-    name = args.recipe or (args.model if args.model in RECIPES else None)
-    if name is None:
-        raise SystemExit(f"No recipe for {args.model!r}: pass --recipe (one of {list(RECIPES)}).")
-    recipe = get_recipe(name)
+    recipe = recipe_for(args.model, args.recipe)
     maze_overrides: dict[str, Any] = {}
     if args.prompt_format is not None:
         maze_overrides["prompt_format"] = args.prompt_format
@@ -128,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for key, value in (
             ("lr", args.lr),
             ("entropy_beta0", args.entropy_beta0),
+            ("kl_beta", args.kl_beta),
             ("mazes_per_step", args.mazes_per_step),
             ("episodes_per_maze", args.episodes_per_maze),
             ("micro_batch_size", args.micro_batch_size),

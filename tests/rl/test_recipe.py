@@ -26,6 +26,7 @@ from welfare_lens.rl.recipe import (
     enter_phase,
     get_recipe,
     plan_phases,
+    recipe_for,
     search,
     train_with_recipe,
 )
@@ -209,6 +210,11 @@ def test_recipes_are_documented_starting_points() -> None:
     with pytest.raises(TrainingError, match="No recipe") as err:
         get_recipe("smollm2-135m")
     assert "smollm2-135m-instruct" in (err.value.hint or "")
+    assert recipe_for("gemma-3-270m") is RECIPES["gemma-3-270m"]
+    assert recipe_for("tiny-llama", "gemma-3-270m") is RECIPES["gemma-3-270m"]
+    with pytest.raises(TrainingError, match="No recipe for the model 'tiny-llama'") as err:
+        recipe_for("tiny-llama")
+    assert "gemma-3-270m" in (err.value.hint or "")
 
 
 # ------------------------------------------------------------------ search
@@ -496,3 +502,47 @@ def test_example_cli_runs_on_a_tiny_model(
     assert report["trained_step"] == 3 and report["untrained"]["n_episodes"] == 3
     assert (out / "report.json").is_file() and (out / "learning_curve.html").is_file()
     assert json.loads((out / "recipe.json").read_text())["plan"]["prompt_format"] == "compact"
+
+
+def _load_example(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(
+        f"example_{name}", ROOT / "examples" / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_search_example_parses_grids_and_rejects_bad_ones() -> None:
+    example = _load_example("search")
+    grid = example.parse_grid("lr=1e-5,2e-5; kl_beta=0,1 ;mazes_per_step=2")
+    assert grid == {"lr": [1e-5, 2e-5], "kl_beta": [0, 1], "mazes_per_step": [2]}
+    assert isinstance(grid["lr"][0], float)
+    with pytest.raises(SystemExit, match="key=v1,v2"):
+        example.parse_grid("lr")
+    with pytest.raises(SystemExit, match="empty"):
+        example.parse_grid(" ; ")
+
+
+def test_search_example_runs_on_a_tiny_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example = _load_example("search")
+    out = tmp_path / "search"
+    args = [
+        "--model", "tiny-llama", "--recipe", "smollm2-135m-instruct", "--steps", "2",
+        "--grid", "lr=1e-4,2e-4", "--mazes-per-step", "2", "--episodes-per-maze", "2",
+        "--maze-size", "20", "--eval-mazes", "3", "--out", str(out),
+    ]  # fmt: skip
+    report = example.main(args)
+    printed = capsys.readouterr().out
+    assert "untrained:" in printed and "zero-std" in printed
+    assert [row["param_lr"] for row in report["rows"]] == [1e-4, 2e-4]
+    names = [row["trial"] for row in report["rows"]]
+    assert report["best"] in names and sum(row["best"] for row in report["rows"]) == 1
+    assert set(report["training_tail"]) == set(names)
+    assert report["untrained"]["n_episodes"] == 3
+    for tail in report["training_tail"].values():
+        assert 0.0 <= tail["zero_std"] <= 1.0 and tail["entropy"] >= 0.0
+    assert json.loads((out / "report.json").read_text())["best"] == report["best"]

@@ -1518,3 +1518,18 @@ def get_recipe(name: str) -> Recipe:
             + f"Known recipes: {', '.join(RECIPES)}.",
         )
     return RECIPES[name]
+
+
+def recipe_for(model_name: str, recipe_name: str | None = None) -> Recipe:
+    """The recipe named ``recipe_name``, or by default the one named after the model.
+
+    Raises:
+        TrainingError: when no recipe is named and none carries the model's name, or for an
+            unknown recipe name.
+    """
+    if recipe_name is None and model_name not in RECIPES:
+        raise TrainingError(
+            f"No recipe for the model {model_name!r}.",
+            hint=f"Name one to start from (one of {', '.join(RECIPES)}).",
+        )
+    return get_recipe(recipe_name or model_name)
