@@ -32,7 +32,7 @@ import torch
 
 import welfare_lens as wl
 from welfare_lens.rl.learning_curve import PolicySnapshot, learning_curve
-from welfare_lens.rl.recipe import RECIPES, Curriculum, recipe_for, train_with_recipe
+from welfare_lens.rl.recipe import RECIPES, Curriculum, given, recipe_for, train_with_recipe
 
 
 def _pm(value: float | None, se: float | None, spec: str = ".3f") -> str:
@@ -113,28 +113,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.manual_seed(0)
     recipe = recipe_for(args.model, args.recipe)
-    maze_overrides: dict[str, Any] = {}
-    if args.prompt_format is not None:
-        maze_overrides["prompt_format"] = args.prompt_format
-    if args.maze_size is not None:
-        maze_overrides["size"] = args.maze_size
-    if args.turns is not None:
-        maze_overrides["turns"] = args.turns
-    maze_cfg = recipe.maze_config(**maze_overrides)
-    grpo_overrides = {
-        key: value
-        for key, value in (
-            ("lr", args.lr),
-            ("entropy_beta0", args.entropy_beta0),
-            ("kl_beta", args.kl_beta),
-            ("mazes_per_step", args.mazes_per_step),
-            ("episodes_per_maze", args.episodes_per_maze),
-            ("micro_batch_size", args.micro_batch_size),
-            ("micro_batch_tokens", args.micro_batch_tokens),
+    maze_cfg = recipe.maze_config(
+        **given(prompt_format=args.prompt_format, size=args.maze_size, turns=args.turns)
+    )
+    config = recipe.grpo_config(
+        **given(
+            lr=args.lr,
+            entropy_beta0=args.entropy_beta0,
+            kl_beta=args.kl_beta,
+            mazes_per_step=args.mazes_per_step,
+            episodes_per_maze=args.episodes_per_maze,
+            micro_batch_size=args.micro_batch_size,
+            micro_batch_tokens=args.micro_batch_tokens,
         )
-        if value is not None
-    }
-    config = recipe.grpo_config(**grpo_overrides)
+    )
     curriculum = Curriculum.parse(args.stages) if args.stages else recipe.curriculum
     sft_steps = recipe.sft_steps if args.sft_steps is None else args.sft_steps
     eval_every = recipe.eval_every if args.eval_every is None else args.eval_every

@@ -29,11 +29,14 @@ from typing import Any
 import torch
 
 import welfare_lens as wl
-from welfare_lens.rl.recipe import RECIPES, recipe_for, search
+from welfare_lens.rl.recipe import RECIPES, given, recipe_for, search
 
 
 def parse_grid(text: str) -> dict[str, list[Any]]:
-    """``"lr=1e-5,2e-5;kl_beta=0,1"`` -> ``{"lr": [1e-05, 2e-05], "kl_beta": [0.0, 1.0]}``."""
+    """``"lr=1e-5,2e-5;kl_beta=0,1"`` -> ``{"lr": [1e-05, 2e-05], "kl_beta": [0, 1]}``.
+
+    Integers stay integers (``lr`` is always a float); what is not a number stays a string.
+    """
     grid: dict[str, list[Any]] = {}
     for part in text.split(";"):
         if not part.strip():
@@ -92,21 +95,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.manual_seed(0)
     recipe = recipe_for(args.model, args.recipe)
-    maze_overrides: dict[str, Any] = {"turns": args.turns}
-    if args.prompt_format is not None:
-        maze_overrides["prompt_format"] = args.prompt_format
-    if args.maze_size is not None:
-        maze_overrides["size"] = args.maze_size
-    maze_cfg = recipe.maze_config(**maze_overrides)
-    overrides = {
-        key: value
-        for key, value in (
-            ("mazes_per_step", args.mazes_per_step),
-            ("episodes_per_maze", args.episodes_per_maze),
-        )
-        if value is not None
-    }
-    base = recipe.grpo_config(**overrides)
+    maze_cfg = recipe.maze_config(
+        **given(turns=args.turns, prompt_format=args.prompt_format, size=args.maze_size)
+    )
+    base = recipe.grpo_config(
+        **given(mazes_per_step=args.mazes_per_step, episodes_per_maze=args.episodes_per_maze)
+    )
     grid = parse_grid(args.grid)
     print(f"{recipe.name} settings, {maze_cfg.prompt_format} prompt, {maze_cfg.turns} turn(s); "
           f"grid {grid}; {args.steps} steps per trial; out={args.out}", flush=True)  # fmt: skip

@@ -25,6 +25,7 @@ from welfare_lens.rl.recipe import (
     CurriculumStage,
     enter_phase,
     get_recipe,
+    given,
     plan_phases,
     recipe_for,
     search,
@@ -225,6 +226,7 @@ def test_recipes_are_documented_starting_points() -> None:
     with pytest.raises(TrainingError, match="No recipe for the model 'tiny-llama'") as err:
         recipe_for("tiny-llama")
     assert "gemma-3-270m" in (err.value.hint or "")
+    assert given(lr=1e-5, kl_beta=0.0, turns=None) == {"lr": 1e-5, "kl_beta": 0.0}
 
 
 # ------------------------------------------------------------------ search

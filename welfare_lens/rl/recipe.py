@@ -1541,3 +1541,9 @@ def recipe_for(model_name: str, recipe_name: str | None = None) -> Recipe:
             hint=f"Name one to start from (one of {', '.join(RECIPES)}).",
         )
     return get_recipe(recipe_name or model_name)
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The keyword arguments that are not ``None``: optional command-line flags as overrides
+    for :meth:`Recipe.maze_config` and :meth:`Recipe.grpo_config`."""
+    return {key: value for key, value in values.items() if value is not None}
